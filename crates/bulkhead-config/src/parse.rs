@@ -418,7 +418,7 @@ fn listener(cx: &Collector, name: Spanned<String>, n: &Node, base: &Path) -> Opt
         if let Some(pos) = f.key_pos("forward") {
             cx.error(
                 pos,
-                format!("`forward` is only for tcp listeners"),
+                "`forward` is only for tcp listeners",
                 "route HTTP with tenant routes",
             );
         }
