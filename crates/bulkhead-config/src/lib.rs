@@ -22,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cases;
 mod error;
 pub mod model;
 mod parse;

@@ -24,6 +24,14 @@ impl<'a> Fields<'a> {
             .filter(|v| !v.is_null())
     }
 
+    /// The value of `key` even when it is null.
+    pub fn raw(&self, key: &str) -> Option<&'a Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
     /// The value of `key`, or an error naming what needs it.
     pub fn req(&self, cx: &Collector, key: &str, what: &str) -> Option<&'a Node> {
         let v = self.get(key);

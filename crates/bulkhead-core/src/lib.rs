@@ -58,6 +58,7 @@ pub mod normalize;
 mod request;
 pub mod router;
 mod snapshot;
+pub mod suite;
 pub mod variants;
 
 pub use decide::{split_target, Services};

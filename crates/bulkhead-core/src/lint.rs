@@ -1,1 +1,219 @@
-//! Lints.
+//! Warnings for configs that are valid but probably not what was meant
+//! (`bulkhead check`): shadowed routes, unused groups and flows, routes that
+//! no listener may use, overlapping hosts, idle listeners. Lints never change
+//! the exit code.
+
+use crate::host::pattern_matches;
+use crate::router::{path_matches, PathMatcher};
+use crate::snapshot::{RouteAction, RouteInfo, Snapshot};
+use bulkhead_config::Pos;
+use std::collections::HashSet;
+
+/// One warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lint {
+    /// Where to look.
+    pub pos: Pos,
+    /// What looks wrong.
+    pub message: String,
+}
+
+/// Every lint of a snapshot, sorted by position.
+pub fn lints(s: &Snapshot) -> Vec<Lint> {
+    let mut out = Vec::new();
+    shadowed_routes(s, &mut out);
+    unused_groups(s, &mut out);
+    unused_flows(s, &mut out);
+    never_allowed_routes(s, &mut out);
+    overlapping_hosts(s, &mut out);
+    idle_listeners(s, &mut out);
+    out.sort_by_key(|l| l.pos);
+    out
+}
+
+/// Does every path matching `later` also match `earlier`?
+fn covers(earlier: &PathMatcher, later: &PathMatcher) -> bool {
+    match (earlier, later) {
+        (PathMatcher::Any, _) => true,
+        (PathMatcher::Prefix(p), _) if p.is_empty() => true,
+        (PathMatcher::Prefix(p), PathMatcher::Prefix(q)) => {
+            **q == **p || (q.starts_with(&**p) && q.as_bytes().get(p.len()) == Some(&b'/'))
+        }
+        (PathMatcher::Prefix(_), PathMatcher::Exact(e)) => path_matches(earlier, e),
+        (PathMatcher::Exact(a), PathMatcher::Exact(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn shadowed_routes(s: &Snapshot, out: &mut Vec<Lint>) {
+    for t in &s.tenants {
+        for (j, later) in t.routes.iter().enumerate() {
+            let by = t.routes[..j].iter().find(|earlier: &&RouteInfo| {
+                earlier.matcher.path_only()
+                    && covers(&earlier.matcher.path, &later.matcher.path)
+                    && later
+                        .listeners
+                        .iter()
+                        .zip(&earlier.listeners)
+                        .all(|(l, e)| !*l || *e)
+            });
+            if let Some(earlier) = by {
+                out.push(Lint {
+                    pos: later.pos,
+                    message: format!(
+                        "route `{}` of tenant `{}` is shadowed by route `{}` (line {}) and can never match; move it above",
+                        later.name, t.name, earlier.name, earlier.pos.line
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn unused_groups(s: &Snapshot, out: &mut Vec<Lint>) {
+    let used: HashSet<u32> = s.edges.iter().map(|e| e.group).collect();
+    for (id, g) in s.groups.iter().enumerate() {
+        if !used.contains(&(id as u32)) {
+            let (t, gi) = g.config_index;
+            out.push(Lint {
+                pos: s.config.tenants[t].target_groups[gi].name.pos,
+                message: format!(
+                    "target group `{}` is not reached by any route or listener",
+                    g.full_name
+                ),
+            });
+        }
+    }
+}
+
+fn unused_flows(s: &Snapshot, out: &mut Vec<Lint>) {
+    let used: HashSet<(u32, u32)> = s
+        .edges
+        .iter()
+        .filter(|e| e.allowed)
+        .map(|e| {
+            (
+                s.listeners[e.listener as usize].zone,
+                s.groups[e.group as usize].zone,
+            )
+        })
+        .collect();
+    let zone = |name: &str| {
+        s.zones
+            .iter()
+            .position(|z| z.name == name)
+            .map(|i| i as u32)
+    };
+    for f in &s.config.flows {
+        let Some(from) = zone(&f.from.value) else {
+            continue;
+        };
+        for to in &f.to {
+            if zone(&to.value).is_some_and(|to_id| !used.contains(&(from, to_id))) {
+                out.push(Lint {
+                    pos: to.pos,
+                    message: format!(
+                        "flow from {} to {} is not used by any route or listener",
+                        f.from.value, to.value
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn never_allowed_routes(s: &Snapshot, out: &mut Vec<Lint>) {
+    for (ti, t) in s.tenants.iter().enumerate() {
+        for (ri, r) in t.routes.iter().enumerate() {
+            if !r.listeners.iter().any(|l| *l) {
+                out.push(Lint {
+                    pos: r.pos,
+                    message: format!(
+                        "route `{}` of tenant `{}` is attached to no listener",
+                        r.name, t.name
+                    ),
+                });
+                continue;
+            }
+            if !matches!(r.action, RouteAction::Forward { .. }) {
+                continue;
+            }
+            let mine = s
+                .edges
+                .iter()
+                .filter(|e| e.tenant == ti as u32 && e.route == Some(ri as u32));
+            let mut any = false;
+            let mut allowed = false;
+            for e in mine {
+                any = true;
+                allowed |= e.allowed;
+            }
+            if any && !allowed {
+                out.push(Lint {
+                    pos: r.pos,
+                    message: format!(
+                        "route `{}` of tenant `{}` can never be allowed: no flow lets any of its listeners reach its groups (it answers 403)",
+                        r.name, t.name
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn overlapping_hosts(s: &Snapshot, out: &mut Vec<Lint>) {
+    let cfg = &s.config;
+    for (ai, a) in cfg.tenants.iter().enumerate() {
+        for h in a.hosts.iter().filter(|h| !h.value.starts_with("*.")) {
+            for (bi, b) in cfg.tenants.iter().enumerate() {
+                if ai == bi {
+                    continue;
+                }
+                if let Some(w) = b
+                    .hosts
+                    .iter()
+                    .find(|w| w.value.starts_with("*.") && pattern_matches(&w.value, &h.value))
+                {
+                    out.push(Lint {
+                        pos: h.pos,
+                        message: format!(
+                            "host `{}` of tenant `{}` overlaps wildcard `{}` of tenant `{}` (exact wins; add `tenants_isolated: true` to forbid this)",
+                            h.value, a.name.value, w.value, b.name.value
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn idle_listeners(s: &Snapshot, out: &mut Vec<Lint>) {
+    for (li, l) in s.listeners.iter().enumerate() {
+        if l.protocol.is_http() && !s.tenants.iter().any(|t| t.served_on[li]) {
+            out.push(Lint {
+                pos: s.config.listeners[li].name.pos,
+                message: format!(
+                    "listener `{}` serves no tenant: every request gets 404",
+                    l.name
+                ),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_covers() {
+        let p = |s: &str| PathMatcher::Prefix(s.into());
+        let e = |s: &str| PathMatcher::Exact(s.into());
+        assert!(covers(&p(""), &p("/x")));
+        assert!(covers(&p("/a"), &p("/a/b")));
+        assert!(!covers(&p("/a"), &p("/ab")));
+        assert!(covers(&p("/a"), &e("/a/x")));
+        assert!(!covers(&p("/a/b"), &p("/a")));
+        assert!(covers(&e("/x"), &e("/x")));
+    }
+}

@@ -275,7 +275,7 @@ pub fn path_matches(m: &PathMatcher, path: &str) -> bool {
     }
 }
 
-impl HeaderSource for [(String, String)] {
+impl HeaderSource for Vec<(String, String)> {
     fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
         self.iter()
             .any(|(k, v)| k.eq_ignore_ascii_case(name) && f(v))
