@@ -942,15 +942,17 @@ fn health(cx: &Collector, n: &Node) -> Option<HealthCheck> {
         "health",
         &["path", "interval", "timeout", "healthy", "unhealthy"],
     )?;
-    let path = f
-        .get("path")
-        .and_then(|n| string(cx, n, "health.path"))
-        .map(|s| s.value);
+    let path = f.get("path").and_then(|n| string(cx, n, "health.path"));
     if let Some(p) = &path {
-        if !p.starts_with('/') {
-            cx.error(f.pos, format!("health.path `{p}` must start with `/`"), "");
+        if !p.value.starts_with('/') {
+            cx.error(
+                p.pos,
+                format!("health.path `{}` must start with `/`", p.value),
+                "",
+            );
         }
     }
+    let path = path.map(|p| p.value);
     Some(HealthCheck {
         path,
         interval: f
@@ -1434,7 +1436,12 @@ fn route(cx: &Collector, n: &Node, base: &Path) -> Option<Route> {
     let action = match actions[0] {
         "forward" => forward(cx, n.kind_entry("forward")?),
         "redirect" => {
-            let r = fields(cx, f.get("redirect")?, "redirect", &["location", "status"])?;
+            let r = fields(
+                cx,
+                n.kind_entry("redirect")?,
+                "redirect",
+                &["location", "status"],
+            )?;
             let location =
                 string(cx, r.req(cx, "location", "redirect")?, "redirect.location")?.value;
             let status = match r.get("status") {
@@ -1456,7 +1463,7 @@ fn route(cx: &Collector, n: &Node, base: &Path) -> Option<Route> {
         "respond" => {
             let r = fields(
                 cx,
-                f.get("respond")?,
+                n.kind_entry("respond")?,
                 "respond",
                 &["status", "body", "content_type"],
             )?;
@@ -1755,19 +1762,17 @@ fn service(cx: &Collector, name: Spanned<String>, n: &Node) -> Service {
         &what,
         &["spiffe", "cert_san", "jwt_subject", "sources"],
     ) {
-        s.spiffe = f
-            .get("spiffe")
-            .and_then(|n| string(cx, n, "spiffe"))
-            .map(|v| v.value);
-        if let Some(id) = &s.spiffe {
-            if !id.starts_with("spiffe://") {
+        let spiffe = f.get("spiffe").and_then(|n| string(cx, n, "spiffe"));
+        if let Some(id) = &spiffe {
+            if !id.value.starts_with("spiffe://") {
                 cx.error(
-                    f.pos,
-                    format!("{what}: spiffe id `{id}` must start with spiffe://"),
+                    id.pos,
+                    format!("{what}: spiffe id `{}` must start with spiffe://", id.value),
                     "",
                 );
             }
         }
+        s.spiffe = spiffe.map(|v| v.value);
         s.cert_san = f
             .get("cert_san")
             .and_then(|n| string(cx, n, "cert_san"))

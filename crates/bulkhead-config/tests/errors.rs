@@ -752,3 +752,44 @@ fn deep_nesting_is_rejected() {
         render(&errors)
     );
 }
+
+#[test]
+fn empty_redirect_or_respond_is_an_error_not_a_dropped_route() {
+    // Regression: `redirect:` / `respond:` with no value used to drop the
+    // route silently, so the config loaded with the route missing.
+    let text = format!("{ROUTE_HEAD}      - name: moved\n        match: {{ path_exact: /old }}\n        redirect:\n");
+    only(&text, 11, "redirect is missing `location`");
+    let text = format!(
+        "{ROUTE_HEAD}      - name: canned\n        match: {{ path_exact: /x }}\n        respond:\n"
+    );
+    only(&text, 11, "respond is missing `status`");
+}
+
+#[test]
+fn bad_values_are_reported_at_the_value_not_the_mapping() {
+    let text = r#"version: 1
+zones: { public: {} }
+tenants:
+  acme:
+    hosts: [acme.test]
+    target_groups:
+      app:
+        zone: public
+        targets: ["127.0.0.1:9001"]
+        health:
+          interval: 2s
+          path: healthz
+services:
+  billing:
+    sources: ["127.0.0.2"]
+    spiffe: corp.test/billing
+"#;
+    let errors = errors(text);
+    assert_eq!(errors.len(), 2, "{}", render(&errors));
+    find(&errors, 12, "health.path `healthz` must start with `/`");
+    find(
+        &errors,
+        16,
+        "spiffe id `corp.test/billing` must start with spiffe://",
+    );
+}
