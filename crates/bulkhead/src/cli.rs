@@ -24,7 +24,7 @@ enum Command {
         config: PathBuf,
     },
     /// Show the full decision for one request, step by step.
-    Explain(explain::ExplainArgs),
+    Explain(Box<explain::ExplainArgs>),
     /// Run route test cases; prints `N passed, M failed`, exit 1 if any failed.
     Test {
         /// The config file.

@@ -72,7 +72,7 @@ struct ExplainJson<'a> {
     steps: Vec<StepJson<'a>>,
 }
 
-fn pair<'a>(s: &'a str, sep: char, what: &str) -> Result<(String, String)> {
+fn pair(s: &str, sep: char, what: &str) -> Result<(String, String)> {
     let (k, v) = s
         .split_once(sep)
         .with_context(|| format!("{what} `{s}` must be written `name{sep}value`"))?;
