@@ -513,3 +513,20 @@ fn schema_accepts_what_the_parser_accepts() {
         }
     }
 }
+
+#[test]
+fn example_configs_pass_the_schema() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.expect("dir entry").path();
+        let name = path.display().to_string();
+        if !name.ends_with(".yaml") || name.ends_with(".tests.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read example");
+        assert_schema_accepts(&name, &text);
+    }
+}
