@@ -1788,7 +1788,7 @@ fn service(cx: &Collector, name: Spanned<String>, n: &Node) -> Service {
         if s.spiffe.is_none()
             && s.cert_san.is_none()
             && s.jwt_subject.is_none()
-            && s.sources.is_empty()
+            && f.get("sources").is_none()
         {
             cx.error(
                 s.name.pos,

@@ -157,6 +157,14 @@ pub fn references(cx: &Collector, cfg: &Config) {
                 } else {
                     "host"
                 };
+                if owner == t.name.value {
+                    cx.error(
+                        h.pos,
+                        format!("{what} `{}` is listed twice in tenant `{owner}`", h.value),
+                        "remove the duplicate",
+                    );
+                    continue;
+                }
                 cx.error(
                     h.pos,
                     format!(
