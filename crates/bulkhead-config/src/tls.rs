@@ -78,3 +78,22 @@ pub fn cert_names(der: &[u8]) -> Result<Vec<String>, String> {
     }
     Ok(names)
 }
+
+/// The identities a verified client certificate carries: its URI SANs
+/// (SPIFFE ids) and its DNS SANs (lowercase).
+pub fn peer_identities(der: &[u8]) -> (Vec<String>, Vec<String>) {
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok((_, cert)) = X509Certificate::from_der(der) {
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(u) => uris.push((*u).to_string()),
+                    GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (uris, dns)
+}

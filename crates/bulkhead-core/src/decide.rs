@@ -411,6 +411,66 @@ impl Snapshot {
         d
     }
 
+    /// The decision for one TCP or TLS-passthrough connection (DESIGN §2,
+    /// last paragraph): `allow_sources`, then the group (`forward`, or the
+    /// ClientHello's SNI against `forward_by_sni`: exact names first, then
+    /// wildcards), then the flow and the group's access list.
+    pub fn decide_stream<'a>(&self, listener: &str, source: Option<IpAddr>, sni: Option<&str>, credentials: &Credentials) -> Decision<'a> {
+        let closed = |kind: DecisionKind, reason: &'static str| {
+            let mut d = Decision::new(kind);
+            d.status = None;
+            d.answer = Answer::Error(None);
+            d.reason = reason.into();
+            d
+        };
+        let Some(lid) = self.listener_id(listener) else {
+            return closed(DecisionKind::NoRoute, "unknown listener");
+        };
+        let l = &self.listeners[lid as usize];
+        let mut d = closed(DecisionKind::Deny, "source outside allow_sources");
+        d.listener = Some(lid);
+        if !l.allow_sources.is_empty() && !source.is_some_and(|ip| l.allow_sources.iter().any(|n| n.contains(&ip))) {
+            return d;
+        }
+        let sni = sni.and_then(normalize_sni);
+        let group = match l.protocol {
+            Protocol::Tcp => l.forward,
+            Protocol::TlsPassthrough => sni.as_deref().and_then(|name| {
+                let exact = l.forward_by_sni.iter().find(|(p, _)| p == name);
+                let wild = || l.forward_by_sni.iter().find(|(p, _)| p.starts_with("*.") && crate::host::pattern_matches(p, name));
+                exact.or_else(wild).map(|(_, g)| *g)
+            }),
+            Protocol::Http | Protocol::Https => None,
+        };
+        let Some(gid) = group else {
+            d.kind = DecisionKind::NoRoute;
+            d.reason = if sni.is_some() { "no group for this SNI".into() } else { "no SNI in the ClientHello".into() };
+            return d;
+        };
+        let g = &self.groups[gid as usize];
+        d.group = Some(gid);
+        d.tenant = Some(g.tenant);
+        d.host = sni.map(Cow::Owned);
+        if !self.flow_allows(l.zone, g.zone) {
+            d.reason = format!("no flow from {} to {}", self.zones[l.zone as usize].name, self.zones[g.zone as usize].name).into();
+            return d;
+        }
+        let services = self.caller_services(source, credentials);
+        if let Some(allowed) = &g.access {
+            match services.iter().find(|s| allowed.contains(s)) {
+                None => {
+                    d.reason = "access list denies the caller".into();
+                    return d;
+                }
+                Some(s) => d.identity = Some(Cow::Owned(self.services[*s as usize].name.clone())),
+            }
+        }
+        d.kind = DecisionKind::Forward;
+        d.answer = Answer::Forward;
+        d.reason = "forwarded".into();
+        d
+    }
+
     /// The services a caller is: every service whose criteria it meets, plus
     /// an assumed one (test cases).
     pub fn caller_services(&self, source: Option<IpAddr>, c: &Credentials) -> Services {

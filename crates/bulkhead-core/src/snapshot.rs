@@ -34,6 +34,10 @@ pub struct ListenerInfo {
     pub client_cert_required: bool,
     /// Its default profile's keys.
     pub policy: Policy,
+    /// `forward` (tcp listeners).
+    pub forward: Option<GroupId>,
+    /// `forward_by_sni` (tls-passthrough listeners): pattern → group.
+    pub forward_by_sni: Vec<(String, GroupId)>,
 }
 
 /// A tenant, compiled.
@@ -300,6 +304,8 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
                 .and_then(|t| t.client_auth.as_ref())
                 .is_some_and(|c| c.required),
             policy: profile_policy(&l.profile),
+            forward: None,
+            forward_by_sni: Vec::new(),
         })
         .collect();
     let listener_ids = listeners
@@ -347,6 +353,17 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
             let allowed = groups[id].access.get_or_insert_with(Vec::new);
             allowed.extend(rule.allow.iter().filter_map(|s| service_id(&s.value)));
         }
+    }
+
+    let mut listeners = listeners;
+    for (l, cl) in listeners.iter_mut().zip(&config.listeners) {
+        let resolve = |r: &Spanned<String>| config.resolve_group(None, &r.value).ok().map(|idx| group_ids[&idx]);
+        l.forward = cl.forward.as_ref().and_then(resolve);
+        l.forward_by_sni = cl
+            .forward_by_sni
+            .iter()
+            .filter_map(|(sni, g)| Some((sni.value.clone(), resolve(g)?)))
+            .collect();
     }
 
     let mut hosts = HostIndex::default();
