@@ -155,7 +155,10 @@ fn request(cx: &Collector, n: &Node) -> Option<CaseRequest> {
     Some(CaseRequest {
         listener,
         host: text("host"),
-        path: text("path").unwrap_or_else(|| "/".into()),
+        path: f
+            .req(cx, "path", "request")
+            .and_then(|n| string(cx, n, "path"))?
+            .value,
         method: text("method").unwrap_or_else(|| "GET".into()),
         source: f.get("source").and_then(|n| string(cx, n, "source")),
         sni,

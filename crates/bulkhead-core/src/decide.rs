@@ -91,10 +91,17 @@ impl Snapshot {
             )
         });
         if !l.protocol.is_http() {
-            trace.step("request", "fail", || {
-                "this listener forwards TCP, not HTTP requests".into()
+            // TCP and TLS-passthrough listeners route connections, not requests.
+            let d = self.decide_stream(req.listener, req.source, req.sni, req.credentials);
+            let outcome = if d.is_forward() { "pass" } else { "fail" };
+            trace.step("stream", outcome, || match d.group {
+                Some(g) => format!(
+                    "connection to `{}`: {}",
+                    self.groups[g as usize].full_name, d.reason
+                ),
+                None => d.reason.to_string(),
             });
-            return fail(DecisionKind::BadRequest, "not an HTTP listener".into());
+            return d;
         }
         let sni = req.sni.and_then(normalize_sni);
         if l.protocol == Protocol::Https {
@@ -415,7 +422,13 @@ impl Snapshot {
     /// last paragraph): `allow_sources`, then the group (`forward`, or the
     /// ClientHello's SNI against `forward_by_sni`: exact names first, then
     /// wildcards), then the flow and the group's access list.
-    pub fn decide_stream<'a>(&self, listener: &str, source: Option<IpAddr>, sni: Option<&str>, credentials: &Credentials) -> Decision<'a> {
+    pub fn decide_stream<'a>(
+        &self,
+        listener: &str,
+        source: Option<IpAddr>,
+        sni: Option<&str>,
+        credentials: &Credentials,
+    ) -> Decision<'a> {
         let closed = |kind: DecisionKind, reason: &'static str| {
             let mut d = Decision::new(kind);
             d.status = None;
@@ -429,7 +442,9 @@ impl Snapshot {
         let l = &self.listeners[lid as usize];
         let mut d = closed(DecisionKind::Deny, "source outside allow_sources");
         d.listener = Some(lid);
-        if !l.allow_sources.is_empty() && !source.is_some_and(|ip| l.allow_sources.iter().any(|n| n.contains(&ip))) {
+        if !l.allow_sources.is_empty()
+            && !source.is_some_and(|ip| l.allow_sources.iter().any(|n| n.contains(&ip)))
+        {
             return d;
         }
         let sni = sni.and_then(normalize_sni);
@@ -437,14 +452,22 @@ impl Snapshot {
             Protocol::Tcp => l.forward,
             Protocol::TlsPassthrough => sni.as_deref().and_then(|name| {
                 let exact = l.forward_by_sni.iter().find(|(p, _)| p == name);
-                let wild = || l.forward_by_sni.iter().find(|(p, _)| p.starts_with("*.") && crate::host::pattern_matches(p, name));
+                let wild = || {
+                    l.forward_by_sni
+                        .iter()
+                        .find(|(p, _)| p.starts_with("*.") && crate::host::pattern_matches(p, name))
+                };
                 exact.or_else(wild).map(|(_, g)| *g)
             }),
             Protocol::Http | Protocol::Https => None,
         };
         let Some(gid) = group else {
             d.kind = DecisionKind::NoRoute;
-            d.reason = if sni.is_some() { "no group for this SNI".into() } else { "no SNI in the ClientHello".into() };
+            d.reason = if sni.is_some() {
+                "no group for this SNI".into()
+            } else {
+                "no SNI in the ClientHello".into()
+            };
             return d;
         };
         let g = &self.groups[gid as usize];
@@ -452,7 +475,11 @@ impl Snapshot {
         d.tenant = Some(g.tenant);
         d.host = sni.map(Cow::Owned);
         if !self.flow_allows(l.zone, g.zone) {
-            d.reason = format!("no flow from {} to {}", self.zones[l.zone as usize].name, self.zones[g.zone as usize].name).into();
+            d.reason = format!(
+                "no flow from {} to {}",
+                self.zones[l.zone as usize].name, self.zones[g.zone as usize].name
+            )
+            .into();
             return d;
         }
         let services = self.caller_services(source, credentials);

@@ -126,7 +126,11 @@ pub(crate) fn check(cx: &Collector, s: &Snapshot) {
                             s.groups[e.group as usize].full_name,
                             to.value
                         ),
-                        "remove the flow, or keep the route off listeners of that zone",
+                        if e.route.is_some() {
+                            "remove the flow, or keep the route off listeners of that zone"
+                        } else {
+                            "remove the flow, or forward the listener to a group of another zone"
+                        },
                     );
                 }
             }

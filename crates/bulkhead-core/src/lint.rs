@@ -25,6 +25,7 @@ pub fn lints(s: &Snapshot) -> Vec<Lint> {
     unused_groups(s, &mut out);
     unused_flows(s, &mut out);
     never_allowed_routes(s, &mut out);
+    denied_stream_forwards(s, &mut out);
     overlapping_hosts(s, &mut out);
     idle_listeners(s, &mut out);
     out.sort_by_key(|l| l.pos);
@@ -158,6 +159,23 @@ fn never_allowed_routes(s: &Snapshot, out: &mut Vec<Lint>) {
                 });
             }
         }
+    }
+}
+
+fn denied_stream_forwards(s: &Snapshot, out: &mut Vec<Lint>) {
+    for e in s.edges.iter().filter(|e| e.route.is_none() && !e.allowed) {
+        let l = &s.config.listeners[e.listener as usize];
+        let pos = l.forward.as_ref().map_or(l.name.pos, |f| f.pos);
+        out.push(Lint {
+            pos,
+            message: format!(
+                "{} listener `{}` forwards to `{}`, but {}: every connection is closed",
+                l.protocol.as_str(),
+                l.name.value,
+                s.groups[e.group as usize].full_name,
+                e.reason
+            ),
+        });
     }
 }
 

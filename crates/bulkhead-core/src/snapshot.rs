@@ -357,7 +357,12 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
 
     let mut listeners = listeners;
     for (l, cl) in listeners.iter_mut().zip(&config.listeners) {
-        let resolve = |r: &Spanned<String>| config.resolve_group(None, &r.value).ok().map(|idx| group_ids[&idx]);
+        let resolve = |r: &Spanned<String>| {
+            config
+                .resolve_group(None, &r.value)
+                .ok()
+                .map(|idx| group_ids[&idx])
+        };
         l.forward = cl.forward.as_ref().and_then(resolve);
         l.forward_by_sni = cl
             .forward_by_sni

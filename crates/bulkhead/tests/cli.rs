@@ -1464,7 +1464,6 @@ const PG_CASES: &str = r#"cases:
 "#;
 
 #[test]
-#[ignore = "bug: test/explain on a tcp listener answer bad_request 400 `not an HTTP listener` instead of the §2 TCP decision (core has decide_stream; decide()/run_case do not use it)"]
 fn tcp_listener_cases_get_the_tcp_decision() {
     let dir = dir_with(&[("t.yaml", PG_CASES)]);
     let r = bulkhead(["test", "-c", EXAMPLE, p(&dir.path().join("t.yaml"))]);
