@@ -155,10 +155,8 @@ fn request(cx: &Collector, n: &Node) -> Option<CaseRequest> {
     Some(CaseRequest {
         listener,
         host: text("host"),
-        path: f
-            .req(cx, "path", "request")
-            .and_then(|n| string(cx, n, "path"))?
-            .value,
+        // Optional: tcp / tls-passthrough cases have no path.
+        path: text("path").unwrap_or_else(|| "/".into()),
         method: text("method").unwrap_or_else(|| "GET".into()),
         source: f.get("source").and_then(|n| string(cx, n, "source")),
         sni,
