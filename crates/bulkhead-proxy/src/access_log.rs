@@ -1,0 +1,149 @@
+//! The access log (DESIGN §5): exactly one JSON object per request (and per
+//! TCP connection), written off the hot path. Request tasks hand a finished
+//! [`LogLine`] to a bounded channel; one writer task serializes and writes
+//! them through a buffer, flushing whenever the channel runs dry.
+
+use bulkhead_config::AccessLog;
+use serde::Serialize;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// `tls` field of a log line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TlsInfo {
+    /// SNI sent by the client.
+    pub sni: Option<String>,
+    /// `TLSv1_3` / `TLSv1_2`.
+    pub version: Option<String>,
+    /// Verified client identity (SPIFFE id or SAN), if any.
+    pub identity: Option<String>,
+}
+
+/// One access-log line; fields that do not apply are `null`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LogLine {
+    /// RFC 3339 time the request started.
+    pub ts: String,
+    /// Listener name.
+    pub listener: Option<String>,
+    /// Listener zone.
+    pub zone: Option<String>,
+    /// `ip:port` of the client.
+    pub client: Option<String>,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Route.
+    pub route: Option<String>,
+    /// `tenant/group`.
+    pub group: Option<String>,
+    /// Group zone.
+    pub group_zone: Option<String>,
+    /// Target `host:port`.
+    pub target: Option<String>,
+    /// Decision (DESIGN §4).
+    pub decision: &'static str,
+    /// Status sent, or null.
+    pub status: Option<u16>,
+    /// Method.
+    pub method: Option<String>,
+    /// Normalized host.
+    pub host: Option<String>,
+    /// Normalized path, without query.
+    pub path: Option<String>,
+    /// Raw query.
+    pub query: Option<String>,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Total time.
+    pub duration_ms: f64,
+    /// Time to the upstream's response headers.
+    pub upstream_ms: Option<f64>,
+    /// TLS facts, or null.
+    pub tls: Option<TlsInfo>,
+    /// Request id.
+    pub request_id: Option<String>,
+}
+
+/// RFC 3339 timestamp with milliseconds.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Where log lines go. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLogger {
+    tx: Option<mpsc::Sender<LogLine>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Lines that may wait for the writer; past this, lines are counted as dropped
+/// rather than slowing requests down.
+const QUEUE: usize = 65_536;
+
+impl AccessLogger {
+    /// A logger that writes nothing (`log.access: off`).
+    pub fn off() -> Self {
+        AccessLogger {
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Start the writer task for `dest`. Must run inside a tokio runtime.
+    pub fn start(dest: &AccessLog) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match dest {
+            AccessLog::Off => return Ok(Self::off()),
+            AccessLog::Stdout => Box::new(std::io::stdout()),
+            AccessLog::Stderr => Box::new(std::io::stderr()),
+            AccessLog::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        // Writing is blocking I/O: give it its own thread so request workers never wait on it.
+        std::thread::Builder::new()
+            .name("bulkhead-access-log".into())
+            .spawn(move || write_loop(rx, sink))?;
+        Ok(AccessLogger {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queue a line (never blocks).
+    pub fn log(&self, line: LogLine) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(line).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn write_loop(mut rx: mpsc::Receiver<LogLine>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, sink);
+    while let Some(line) = rx.blocking_recv() {
+        let mut next = Some(line);
+        while let Some(line) = next {
+            if serde_json::to_writer(&mut out, &line).is_ok() {
+                let _ = out.write_all(b"\n");
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

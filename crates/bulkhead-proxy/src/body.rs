@@ -1,0 +1,152 @@
+//! Body wrappers: counting request bytes, and writing the access-log line
+//! when a response body ends — completed or aborted — so every request gets
+//! exactly one line, with the bytes actually sent (DESIGN §5).
+
+use crate::access_log::{AccessLogger, LogLine};
+use crate::upstream::{elapsed_ms, Lease};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pin_project_lite::pin_project! {
+    /// Counts the data bytes that pass through.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    /// Count `inner`'s bytes into `count`.
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Counted { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Writes one access-log line when dropped (the request is over, one way or
+/// another), and releases the upstream lease at the same moment.
+pub struct LogGuard {
+    line: Option<LogLine>,
+    logger: AccessLogger,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    /// Response body bytes sent so far.
+    pub bytes_out: u64,
+    _lease: Option<Lease>,
+}
+
+impl LogGuard {
+    /// A guard that will log `line`.
+    pub fn new(
+        line: LogLine,
+        logger: AccessLogger,
+        started: Instant,
+        bytes_in: Arc<AtomicU64>,
+        lease: Option<Lease>,
+    ) -> Self {
+        LogGuard {
+            line: Some(line),
+            logger,
+            started,
+            bytes_in,
+            bytes_out: 0,
+            _lease: lease,
+        }
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(mut line) = self.line.take() {
+            line.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            line.bytes_out = self.bytes_out;
+            line.duration_ms = elapsed_ms(self.started);
+            self.logger.log(line);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that logs its request when it ends.
+    pub struct Logged<B> {
+        #[pin]
+        inner: B,
+        guard: Option<LogGuard>,
+    }
+}
+
+impl<B> Logged<B> {
+    /// Wrap `inner`; `guard` logs when the body ends or is dropped.
+    pub fn new(inner: B, guard: LogGuard) -> Self {
+        Logged {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Logged<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
+                    g.bytes_out += data.len() as u64;
+                }
+            }
+            // The end (or a failure): log now rather than when hyper drops the body.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.guard.take();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

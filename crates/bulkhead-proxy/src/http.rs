@@ -1,0 +1,514 @@
+//! One HTTP request, end to end: strict checks (DESIGN §2 step 2), the
+//! core's `decide()`, then either a local answer or the upstream exchange —
+//! and exactly one access-log line either way.
+
+use crate::access_log::{timestamp, LogLine, TlsInfo};
+use crate::body::{Counted, LogGuard, Logged};
+use crate::headers::{self, Hop};
+use crate::upstream::{elapsed_ms, HashKey, ProxyBody, UpstreamError};
+use crate::{BoxError, Generation, Shared};
+use bulkhead_core::{
+    Answer, Credentials, Decision, DecisionKind, HeaderSource, HostHeader, HttpVersion, Request,
+    Snapshot,
+};
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::{Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Facts of a TLS connection.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFacts {
+    /// SNI the client sent.
+    pub sni: Option<String>,
+    /// Negotiated version.
+    pub version: &'static str,
+    /// Verified client-certificate identities.
+    pub credentials: Credentials,
+}
+
+/// One accepted connection.
+pub struct Conn {
+    /// Shared proxy state.
+    pub shared: Arc<Shared>,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// The client.
+    pub peer: SocketAddr,
+    /// TLS facts (https listeners).
+    pub tls: Option<TlsFacts>,
+}
+
+struct HeaderMapSource<'a>(&'a http::HeaderMap);
+
+impl HeaderSource for HeaderMapSource<'_> {
+    fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(f)
+    }
+}
+
+/// A full body.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A short JSON error answer (`{"error":"deny"}`), nothing else revealed.
+fn error_response(status: u16, kind: DecisionKind, close: bool) -> Response<ProxyBody> {
+    let body = format!("{{\"error\":\"{}\"}}", kind.as_str());
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if close {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// RFC 9112 §6: the framing checks hyper leaves to us. Returns the status
+/// to answer with when the request must be refused (and the connection closed).
+fn strict_framing(
+    req: &http::Request<Incoming>,
+    max_body: Option<u64>,
+) -> Option<(u16, &'static str)> {
+    let h = req.headers();
+    let te: Vec<&HeaderValue> = h.get_all(TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        if req.version() == Version::HTTP_10 {
+            return Some((400, "Transfer-Encoding on HTTP/1.0"));
+        }
+        if h.contains_key(CONTENT_LENGTH) {
+            return Some((400, "both Content-Length and Transfer-Encoding"));
+        }
+        let last = te
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+            return Some((400, "Transfer-Encoding whose final coding is not chunked"));
+        }
+    }
+    let lengths: Vec<&HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
+    if lengths.len() > 1 && lengths.iter().any(|v| *v != lengths[0]) {
+        return Some((400, "differing Content-Length headers"));
+    }
+    if let Some(len) = lengths.first() {
+        let Some(n) = len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+            return Some((400, "invalid Content-Length"));
+        };
+        if max_body.is_some_and(|max| n > max) {
+            return Some((413, "body over max_body_bytes"));
+        }
+    }
+    None
+}
+
+/// Serve one request.
+pub async fn handle(
+    req: http::Request<Incoming>,
+    conn: Arc<Conn>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let generation = conn.shared.generation.load_full();
+    let snap = &generation.snapshot;
+    let mut line = LogLine {
+        ts: timestamp(SystemTime::now()),
+        listener: Some(conn.listener.to_string()),
+        client: Some(conn.peer.to_string()),
+        method: Some(req.method().as_str().to_string()),
+        tls: conn.tls.as_ref().map(|t| TlsInfo {
+            sni: t.sni.clone(),
+            version: Some(t.version.to_string()),
+            identity: t
+                .credentials
+                .cert_uris
+                .first()
+                .or(t.credentials.cert_dns.first())
+                .cloned(),
+        }),
+        ..LogLine::default()
+    };
+    let Some(lid) = snap.listener_id(&conn.listener) else {
+        // The listener left the config on a reload while this connection lived.
+        return Ok(local(
+            &conn,
+            line,
+            started,
+            503,
+            DecisionKind::Unavailable,
+            true,
+        ));
+    };
+    let l = &snap.listeners[lid as usize];
+    line.zone = Some(snap.zones[l.zone as usize].name.clone());
+    let limits = &snap.config.listeners[lid as usize].limits;
+    if let Some((status, reason)) = strict_framing(&req, limits.max_body_bytes) {
+        tracing::debug!(client = %conn.peer, reason, "request refused before routing");
+        line.path = Some(req.uri().path().to_string());
+        return Ok(local(
+            &conn,
+            line,
+            started,
+            status,
+            DecisionKind::BadRequest,
+            true,
+        ));
+    }
+
+    // Facts for the decision.
+    let h2 = req.version() == Version::HTTP_2;
+    let version = match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 => HttpVersion::Http10,
+        Version::HTTP_2 => HttpVersion::Http2,
+        _ => HttpVersion::Http11,
+    };
+    let uri = req.uri();
+    let target: String = if h2 || uri.scheme().is_none() {
+        uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
+    } else {
+        uri.to_string()
+    };
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(HOST).iter().collect();
+    let authority = if h2 {
+        uri.authority().map(|a| a.as_str().to_string())
+    } else {
+        None
+    };
+    let host_text: Option<&str> = match (&authority, hosts.as_slice()) {
+        (Some(a), _) => Some(a.as_str()),
+        (None, [one]) => match one.to_str() {
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Ok(local(
+                    &conn,
+                    line,
+                    started,
+                    400,
+                    DecisionKind::BadRequest,
+                    true,
+                ))
+            }
+        },
+        _ => None,
+    };
+    let host = match (host_text, hosts.len()) {
+        (_, n) if n > 1 => HostHeader::Many,
+        (Some(h), _) => HostHeader::One(h),
+        (None, _) => HostHeader::Missing,
+    };
+    let raw_host = host_text.map(str::to_string);
+    let default_creds = Credentials::default();
+    let creds = conn.tls.as_ref().map_or(&default_creds, |t| &t.credentials);
+    let header_source = HeaderMapSource(req.headers());
+    let decision = snap.decide(&Request {
+        listener: &conn.listener,
+        source: Some(conn.peer.ip()),
+        sni: conn.tls.as_ref().and_then(|t| t.sni.as_deref()),
+        version,
+        method: req.method().as_str(),
+        target: &target,
+        host,
+        headers: &header_source,
+        credentials: creds,
+        pick: rand::random(),
+        trace: false,
+    });
+    fill_line(&mut line, snap, &decision);
+    let plan = Plan::of(&decision);
+    let (answer, kind) = (decision.answer, decision.kind);
+    match answer {
+        Answer::Forward => Ok(forward(req, conn, &generation, plan, line, started, raw_host).await),
+        Answer::Redirect { location, status } => {
+            let mut resp = Response::new(full(Bytes::new()));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            finish_local(&conn, line, started, status, 0);
+            Ok(resp)
+        }
+        Answer::Respond {
+            status,
+            body,
+            content_type,
+        } => {
+            let len = body.len() as u64;
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert(CONTENT_TYPE, ct);
+            }
+            finish_local(&conn, line, started, status, len);
+            Ok(resp)
+        }
+        Answer::Error(status) => {
+            let status = status.unwrap_or(403);
+            let close = kind == DecisionKind::BadRequest;
+            Ok(local(&conn, line, started, status, kind, close))
+        }
+    }
+}
+
+/// What forwarding needs from a decision, owned, so the request can move.
+struct Plan {
+    listener: Option<u32>,
+    tenant: Option<u32>,
+    route: Option<u32>,
+    group: Option<u32>,
+    host: Option<String>,
+    path: Option<String>,
+    query: Option<String>,
+    identity: Option<String>,
+}
+
+impl Plan {
+    fn of(d: &Decision<'_>) -> Plan {
+        Plan {
+            listener: d.listener,
+            tenant: d.tenant,
+            route: d.route,
+            group: d.group,
+            host: d.host.as_deref().map(str::to_string),
+            path: d.path.as_deref().map(str::to_string),
+            query: d.query.map(str::to_string),
+            identity: d.identity.as_deref().map(str::to_string),
+        }
+    }
+}
+
+fn fill_line(line: &mut LogLine, snap: &Snapshot, d: &Decision<'_>) {
+    let tenant = d.tenant.map(|t| &snap.tenants[t as usize]);
+    line.tenant = tenant.map(|t| t.name.clone());
+    line.route = tenant.and_then(|t| d.route.map(|r| t.routes[r as usize].name.clone()));
+    if let Some(g) = d.group {
+        let g = &snap.groups[g as usize];
+        line.group = Some(g.full_name.clone());
+        line.group_zone = Some(snap.zones[g.zone as usize].name.clone());
+    }
+    line.decision = d.kind.as_str();
+    line.host = d.host.as_deref().map(str::to_string);
+    line.path = d.path.as_deref().map(str::to_string);
+    line.query = d.query.map(str::to_string);
+}
+
+/// Answer locally with a JSON error, logging the request.
+fn local(
+    conn: &Conn,
+    mut line: LogLine,
+    started: Instant,
+    status: u16,
+    kind: DecisionKind,
+    close: bool,
+) -> Response<ProxyBody> {
+    line.decision = kind.as_str();
+    let resp = error_response(status, kind, close);
+    let len = format!("{{\"error\":\"{}\"}}", kind.as_str()).len() as u64;
+    finish_local(conn, line, started, status, len);
+    resp
+}
+
+fn finish_local(conn: &Conn, mut line: LogLine, started: Instant, status: u16, bytes_out: u64) {
+    line.status = Some(status);
+    line.bytes_out = bytes_out;
+    line.duration_ms = elapsed_ms(started);
+    conn.shared.logger.log(line);
+}
+
+fn is_upgrade(req: &http::Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+async fn forward(
+    mut req: http::Request<Incoming>,
+    conn: Arc<Conn>,
+    generation: &Generation,
+    d: Plan,
+    mut line: LogLine,
+    started: Instant,
+    raw_host: Option<String>,
+) -> Response<ProxyBody> {
+    let snap = &generation.snapshot;
+    let (Some(lid), Some(tid), Some(rid), Some(gid)) = (d.listener, d.tenant, d.route, d.group)
+    else {
+        return local(&conn, line, started, 503, DecisionKind::Unavailable, false);
+    };
+    let group = generation.upstreams.group(gid).clone();
+    let policy = snap.policy(lid, tid, rid, Some(gid));
+    let timeouts = policy
+        .timeouts
+        .clone()
+        .unwrap_or_else(|| group.timeouts.clone());
+    let lease = match group
+        .lease(
+            HashKey {
+                client_ip: Some(conn.peer.ip()),
+                headers: req.headers(),
+            },
+            timeouts.connect,
+        )
+        .await
+    {
+        Ok(lease) => lease,
+        Err(e) => return upstream_failure(&conn, line, started, e),
+    };
+    line.target = Some(lease.address().to_string());
+
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let l = &snap.listeners[lid as usize];
+    let zone = &snap.zones[l.zone as usize];
+    let trusted_id = if zone.trusted {
+        headers::incoming_request_id(&parts.headers)
+    } else {
+        None
+    };
+    let request_id = trusted_id.unwrap_or_else(new_request_id);
+    line.request_id = Some(request_id.clone());
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    for name in &zone.strip_headers {
+        parts.headers.remove(name.as_str());
+    }
+    let host_value = raw_host.unwrap_or_else(|| d.host.as_deref().unwrap_or_default().to_string());
+    if let Some(name) = &snap.group_config(gid).identity_header {
+        parts.headers.remove(name.as_str());
+        if let Some(id) = &d.identity {
+            headers::set(&mut parts.headers, name, id);
+        }
+    }
+    headers::set_forwarding(
+        &mut parts.headers,
+        &Hop {
+            client: conn.peer,
+            proto: if conn.tls.is_some() { "https" } else { "http" },
+            host: &host_value,
+            request_id: &request_id,
+            trusted: zone.trusted,
+        },
+    );
+    headers::set(&mut parts.headers, "host", &host_value);
+    let path = d.path.as_deref().unwrap_or("/");
+    let uri = match &d.query {
+        Some(q) => format!("http://{}{path}?{q}", lease.address()),
+        None => format!("http://{}{path}", lease.address()),
+    };
+    parts.uri = match uri.parse() {
+        Ok(u) => u,
+        Err(_) => return local(&conn, line, started, 400, DecisionKind::BadRequest, true),
+    };
+    parts.version = if snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let limits = &snap.config.listeners[lid as usize].limits;
+    let counted = Counted::new(body, bytes_in.clone());
+    let body: ProxyBody = match limits.max_body_bytes {
+        Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
+        None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
+    };
+    let upstream_req = http::Request::from_parts(parts, body);
+
+    let upstream_started = Instant::now();
+    let sent = match timeouts.request {
+        Some(total) => {
+            match tokio::time::timeout(total, group.send(upstream_req, timeouts.first_byte)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout("request timeout")),
+            }
+        }
+        None => group.send(upstream_req, timeouts.first_byte).await,
+    };
+    let mut resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            drop(lease);
+            return upstream_failure(&conn, line, started, e);
+        }
+    };
+    line.upstream_ms = Some(elapsed_ms(upstream_started));
+    line.status = Some(resp.status().as_u16());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+        }
+    } else {
+        headers::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    let (parts, body) = resp.into_parts();
+    let guard = LogGuard::new(
+        line,
+        conn.shared.logger.clone(),
+        started,
+        bytes_in,
+        Some(lease),
+    );
+    let body: ProxyBody = Logged::new(body, guard)
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed();
+    Response::from_parts(parts, body)
+}
+
+fn upstream_failure(
+    conn: &Conn,
+    line: LogLine,
+    started: Instant,
+    e: UpstreamError,
+) -> Response<ProxyBody> {
+    let (status, kind) = match &e {
+        UpstreamError::Unavailable(why) => {
+            tracing::debug!(why, "no upstream");
+            (503, DecisionKind::Unavailable)
+        }
+        UpstreamError::Failed(why) => {
+            tracing::debug!(why = %why, "upstream failed");
+            (502, DecisionKind::UpstreamError)
+        }
+        UpstreamError::Timeout(why) => {
+            tracing::debug!(why, "upstream timed out");
+            (504, DecisionKind::Timeout)
+        }
+    };
+    local(conn, line, started, status, kind, false)
+}

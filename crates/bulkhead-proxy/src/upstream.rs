@@ -1,0 +1,266 @@
+//! Target groups at run time: the targets' live state, the picker, the
+//! connection pool (hyper's legacy client, h1 or h2 per group), the group's
+//! bulkheads, and sending one request upstream with its timeouts.
+
+use crate::balance::{hash_bytes, Balancer, TargetState};
+use crate::BoxError;
+use bulkhead_config::{HashOn, TargetGroup, Timeouts, UpstreamProtocol};
+use bulkhead_core::{GroupId, Snapshot};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The body type sent upstream and back.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// One group at run time.
+pub struct GroupRuntime {
+    /// `tenant/group`.
+    pub full_name: String,
+    /// Targets in config order.
+    pub targets: Vec<TargetState>,
+    balancer: Balancer,
+    hash_on: HashOn,
+    /// Effective timeouts (group setting or defaults; routes may override).
+    pub timeouts: Timeouts,
+    /// The pool.
+    pub client: Client<HttpConnector, ProxyBody>,
+    max_requests: Option<usize>,
+    in_flight: AtomicUsize,
+    /// Connection slots (`limits.max_connections`), with a bounded wait.
+    slots: Option<Arc<Semaphore>>,
+    max_pending: usize,
+    pending: AtomicUsize,
+}
+
+/// Why no request could be sent (each maps to a DESIGN §4 decision).
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No healthy target, or the group is at its limit: 503.
+    Unavailable(&'static str),
+    /// Connect or protocol error: 502.
+    Failed(String),
+    /// Timed out: 504.
+    Timeout(&'static str),
+}
+
+/// Everything a request holds while it is in flight against a group.
+pub struct Lease {
+    group: Arc<GroupRuntime>,
+    /// The chosen target's index.
+    pub target: usize,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Lease {
+    /// The chosen target's `host:port`.
+    pub fn address(&self) -> &str {
+        &self.group.targets[self.target].address
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.group.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.group.targets[self.target]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl GroupRuntime {
+    fn new(cfg: &TargetGroup) -> Self {
+        let targets: Vec<TargetState> = cfg
+            .targets
+            .iter()
+            .map(|t| TargetState::new(t.address.value.clone(), t.weight))
+            .collect();
+        let timeouts = cfg.policy.timeouts.clone().unwrap_or_default();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeouts.connect));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(timeouts.idle)
+            .pool_max_idle_per_host(1024);
+        if cfg.protocol == UpstreamProtocol::H2 {
+            builder.http2_only(true);
+        }
+        GroupRuntime {
+            full_name: String::new(),
+            balancer: Balancer::new(cfg.balance, &targets),
+            targets,
+            hash_on: cfg.hash_on.clone(),
+            timeouts,
+            client: builder.build(connector),
+            max_requests: cfg.limits.max_requests.map(|n| n as usize),
+            in_flight: AtomicUsize::new(0),
+            slots: cfg
+                .limits
+                .max_connections
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_pending: cfg.limits.max_pending.unwrap_or(0) as usize,
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserve a target for one request: bulkheads first (shed with 503,
+    /// never queue without bound), then the balancer.
+    pub async fn lease(
+        self: &Arc<Self>,
+        key: HashKey<'_>,
+        wait: Duration,
+    ) -> Result<Lease, UpstreamError> {
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let release = |g: &Self| {
+            g.in_flight.fetch_sub(1, Ordering::Relaxed);
+        };
+        if self.max_requests.is_some_and(|max| in_flight >= max) {
+            release(self);
+            return Err(UpstreamError::Unavailable("group at max_requests"));
+        }
+        let slot = match &self.slots {
+            None => None,
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+                        self.pending.fetch_sub(1, Ordering::Relaxed);
+                        release(self);
+                        return Err(UpstreamError::Unavailable("group at max_connections"));
+                    }
+                    let got = tokio::time::timeout(wait, sem.clone().acquire_owned()).await;
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    match got {
+                        Ok(Ok(p)) => Some(p),
+                        _ => {
+                            release(self);
+                            return Err(UpstreamError::Unavailable("no connection slot in time"));
+                        }
+                    }
+                }
+            },
+        };
+        let random: u64 = rand::random();
+        let hash = self.hash_key(&key);
+        let Some(target) = self.balancer.pick(&self.targets, random, hash) else {
+            release(self);
+            return Err(UpstreamError::Unavailable("no healthy target"));
+        };
+        self.targets[target]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            group: self.clone(),
+            target,
+            _slot: slot,
+        })
+    }
+
+    fn hash_key(&self, key: &HashKey<'_>) -> Option<u64> {
+        match &self.hash_on {
+            HashOn::ClientIp => key
+                .client_ip
+                .map(|ip| hash_bytes(ip.to_string().as_bytes())),
+            HashOn::Header(name) => key
+                .headers
+                .get(name.as_str())
+                .map(|v| hash_bytes(v.as_bytes())),
+            HashOn::Cookie(name) => key
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_bytes(v.as_bytes())),
+        }
+    }
+
+    /// Send `req` to the leased target; times out at `first_byte` for the
+    /// response headers.
+    pub async fn send(
+        &self,
+        req: http::Request<ProxyBody>,
+        first_byte: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        match tokio::time::timeout(first_byte, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(
+                "no response before the first-byte timeout",
+            )),
+            Ok(Err(e)) if e.is_connect() => {
+                let msg = format!("connect: {}", source_chain(&e));
+                if msg.contains("timed out") {
+                    Err(UpstreamError::Timeout("connect timed out"))
+                } else {
+                    Err(UpstreamError::Failed(msg))
+                }
+            }
+            Ok(Err(e)) => Err(UpstreamError::Failed(source_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// The facts a consistent-hash key is taken from.
+pub struct HashKey<'a> {
+    /// Client address.
+    pub client_ip: Option<IpAddr>,
+    /// Request headers (for `header:` and `cookie:` keys).
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Every group of a snapshot, indexed by [`GroupId`].
+pub struct Upstreams {
+    groups: Vec<Arc<GroupRuntime>>,
+}
+
+impl Upstreams {
+    /// Build the runtime of every group of `snapshot`.
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let groups = (0..snapshot.groups.len() as GroupId)
+            .map(|id| {
+                let mut g = GroupRuntime::new(snapshot.group_config(id));
+                g.full_name = snapshot.groups[id as usize].full_name.clone();
+                Arc::new(g)
+            })
+            .collect();
+        Upstreams { groups }
+    }
+
+    /// The runtime of group `id`.
+    pub fn group(&self, id: GroupId) -> &Arc<GroupRuntime> {
+        &self.groups[id as usize]
+    }
+
+    /// Every group.
+    pub fn all(&self) -> &[Arc<GroupRuntime>] {
+        &self.groups
+    }
+}
+
+/// Milliseconds since `start`, for logs.
+pub fn elapsed_ms(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
