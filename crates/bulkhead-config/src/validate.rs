@@ -129,7 +129,9 @@ pub fn references(cx: &Collector, cfg: &Config) {
     for l in &cfg.listeners {
         zone(cx, &l.zone);
         profile(cx, &l.profile);
-        if let Some(other) = binds.insert(l.bind.value, &l.name.value) {
+        // Port 0 asks the kernel for a free port: never a collision.
+        let other = if l.bind.value.port() == 0 { None } else { binds.insert(l.bind.value, &l.name.value) };
+        if let Some(other) = other {
             cx.error(
                 l.bind.pos,
                 format!(
