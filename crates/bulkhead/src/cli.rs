@@ -36,6 +36,18 @@ enum Command {
         #[arg(long)]
         variants: bool,
     },
+    /// Serve: bind every listener and proxy until SIGTERM/SIGINT (then drain).
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// A complete local demo: sample segmented config, certificates, backends; prints what to curl.
+    Demo {
+        /// Write the demo's config, certificates and access log here (kept) instead of a temporary folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the effective reachability graph.
     Graph {
         /// The config file.
@@ -63,6 +75,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
         Command::Explain(args) => explain::run(&args),
+        Command::Run { config } => crate::run::run(&config),
+        Command::Demo { dir } => {
+            crate::run::init_tracing();
+            crate::run::runtime(None)?.block_on(crate::demo::run(dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test {
             config,
             cases,

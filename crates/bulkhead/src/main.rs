@@ -1,20 +1,11 @@
-//! `bulkhead`: the command-line front of the segmentation-first load balancer.
-//!
-//! The offline commands (`check`, `explain`, `test`, `graph`) load the config
-//! into the same `Snapshot` the data plane serves from and run the same
-//! `decide()`, so what they say is what the proxy does.
-
-mod cli;
-mod explain;
-mod graph;
-mod output;
+//! `bulkhead`: the binary. See the library for the commands.
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let args = bulkhead::cli::Cli::parse();
+    match bulkhead::cli::run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
