@@ -3,6 +3,7 @@
 //! exactly one line, with the bytes actually sent (DESIGN §5).
 
 use crate::access_log::{AccessLogger, LogLine};
+use crate::timers::Busy;
 use crate::upstream::{elapsed_ms, Lease};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -65,6 +66,7 @@ pub struct LogGuard {
     /// Response body bytes sent so far.
     pub bytes_out: u64,
     _lease: Option<Lease>,
+    _busy: Option<Busy>,
 }
 
 impl LogGuard {
@@ -75,6 +77,7 @@ impl LogGuard {
         started: Instant,
         bytes_in: Arc<AtomicU64>,
         lease: Option<Lease>,
+        busy: Option<Busy>,
     ) -> Self {
         LogGuard {
             line: Some(line),
@@ -83,6 +86,7 @@ impl LogGuard {
             bytes_in,
             bytes_out: 0,
             _lease: lease,
+            _busy: busy,
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::access_log::{timestamp, LogLine, TlsInfo};
 use crate::body::{Counted, LogGuard, Logged};
 use crate::headers::{self, Hop};
+use crate::timers::{Busy, ConnTimers};
 use crate::upstream::{elapsed_ms, HashKey, ProxyBody, UpstreamError};
 use crate::{BoxError, Generation, Shared};
 use bulkhead_core::{
@@ -47,6 +48,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// TLS facts (https listeners).
     pub tls: Option<TlsFacts>,
+    /// The connection's header / idle clocks.
+    pub timers: Arc<ConnTimers>,
 }
 
 struct HeaderMapSource<'a>(&'a http::HeaderMap);
@@ -127,6 +130,9 @@ pub async fn handle(
     conn: Arc<Conn>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    // Until this is dropped (local answers: on return; forwards: when the
+    // response body ends) the connection is busy, not idle.
+    let busy = conn.timers.request_started();
     let generation = conn.shared.generation.load_full();
     let snap = &generation.snapshot;
     let mut line = LogLine {
@@ -235,7 +241,9 @@ pub async fn handle(
     let plan = Plan::of(&decision);
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
-        Answer::Forward => Ok(forward(req, conn, &generation, plan, line, started, raw_host).await),
+        Answer::Forward => {
+            Ok(forward(req, conn, &generation, plan, line, started, raw_host, busy).await)
+        }
         Answer::Redirect { location, status } => {
             let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
@@ -348,6 +356,7 @@ fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     mut req: http::Request<Incoming>,
     conn: Arc<Conn>,
@@ -356,6 +365,7 @@ async fn forward(
     mut line: LogLine,
     started: Instant,
     raw_host: Option<String>,
+    busy: Busy,
 ) -> Response<ProxyBody> {
     let snap = &generation.snapshot;
     let (Some(lid), Some(tid), Some(rid), Some(gid)) = (d.listener, d.tenant, d.route, d.group)
@@ -483,6 +493,7 @@ async fn forward(
         started,
         bytes_in,
         Some(lease),
+        Some(busy),
     );
     let body: ProxyBody = Logged::new(body, guard)
         .map_err(|e| Box::new(e) as BoxError)

@@ -23,6 +23,7 @@ pub mod health;
 mod http;
 pub mod server;
 mod stream;
+mod timers;
 mod tls;
 pub mod upstream;
 

@@ -5,6 +5,7 @@
 
 use crate::access_log::{timestamp, LogLine, TlsInfo};
 use crate::http::{handle, Conn, TlsFacts};
+use crate::timers::{ConnTimers, TimedIo, Verdict};
 use crate::{stream, Shared};
 use bulkhead_config::{Listener, ListenerLimits, Protocol};
 use bulkhead_core::{Credentials, DecisionKind};
@@ -179,18 +180,7 @@ async fn serve_http(
     _permit: OwnedSemaphorePermit,
 ) {
     match tls {
-        None => {
-            serve_hyper(
-                TokioIo::new(stream),
-                peer,
-                listener,
-                shared,
-                None,
-                limits,
-                life,
-            )
-            .await
-        }
+        None => serve_hyper(stream, peer, listener, shared, None, limits, life).await,
         Some(config) => {
             let handshake = async {
                 let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
@@ -227,7 +217,7 @@ async fn serve_http(
                         credentials,
                     };
                     serve_hyper(
-                        TokioIo::new(tls_stream),
+                        tls_stream,
                         peer,
                         listener,
                         shared,
@@ -257,7 +247,7 @@ async fn serve_http(
 }
 
 async fn serve_hyper<I>(
-    io: TokioIo<I>,
+    io: I,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
@@ -267,18 +257,21 @@ async fn serve_hyper<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let timers = ConnTimers::new();
     let conn = Arc::new(Conn {
         shared,
         listener,
         peer,
         tls,
+        timers: timers.clone(),
     });
     let service = service_fn(move |req| handle(req, conn.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Header and idle timeouts are ours (see `timers`): hyper's would cut idle keep-alives early.
+        .header_read_timeout(None)
         .max_buf_size(
             usize::try_from(limits.max_header_bytes)
                 .unwrap_or(usize::MAX)
@@ -292,13 +285,28 @@ async fn serve_hyper<I>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256));
-    let connection = builder.serve_connection_with_upgrades(io, service);
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(TimedIo::new(io, timers.clone())), service);
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = life.drain.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+    let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = life.drain.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+                return;
+            }
+            _ = tokio::time::sleep_until(check_at) => {
+                match timers.verdict(limits.header_timeout, limits.idle_timeout) {
+                    Verdict::Wait(next) => check_at = next.into(),
+                    Verdict::HeaderTimeout => {
+                        tracing::debug!(client = %peer, "headers not received within header_timeout; closing");
+                        return;
+                    }
+                    Verdict::IdleTimeout => return,
+                }
+            }
         }
     }
 }
