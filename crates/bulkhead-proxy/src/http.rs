@@ -2,7 +2,7 @@
 //! core's `decide()`, then either a local answer or the upstream exchange —
 //! and exactly one access-log line either way.
 
-use crate::access_log::{timestamp, LogLine, TlsInfo};
+use crate::access_log::{timestamp, LogLine};
 use crate::body::{Counted, LogGuard, Logged};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
@@ -140,16 +140,7 @@ pub async fn handle(
         listener: Some(conn.listener.to_string()),
         client: Some(conn.peer.to_string()),
         method: Some(req.method().as_str().to_string()),
-        tls: conn.tls.as_ref().map(|t| TlsInfo {
-            sni: t.sni.clone(),
-            version: Some(t.version.to_string()),
-            identity: t
-                .credentials
-                .cert_uris
-                .first()
-                .or(t.credentials.cert_dns.first())
-                .cloned(),
-        }),
+        tls: conn.tls.as_ref().map(crate::server::tls_info),
         ..LogLine::default()
     };
     let Some(lid) = snap.listener_id(&conn.listener) else {

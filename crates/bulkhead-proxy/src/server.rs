@@ -258,6 +258,12 @@ async fn serve_hyper<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let timers = ConnTimers::new();
+    let log_ctx = (
+        shared.clone(),
+        listener.clone(),
+        peer,
+        tls.as_ref().map(tls_info),
+    );
     let conn = Arc::new(Conn {
         shared,
         listener,
@@ -291,7 +297,13 @@ async fn serve_hyper<I>(
     let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
     loop {
         tokio::select! {
-            _ = connection.as_mut() => return,
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                    log_parse_error(&log_ctx, e.as_ref());
+                }
+                return;
+            }
             _ = life.drain.cancelled() => {
                 connection.as_mut().graceful_shutdown();
                 let _ = connection.await;
@@ -309,4 +321,56 @@ async fn serve_hyper<I>(
             }
         }
     }
+}
+
+/// The `tls` log field of a connection.
+pub fn tls_info(t: &TlsFacts) -> TlsInfo {
+    TlsInfo {
+        sni: t.sni.clone(),
+        version: Some(t.version.to_string()),
+        identity: t
+            .credentials
+            .cert_uris
+            .first()
+            .or(t.credentials.cert_dns.first())
+            .cloned(),
+    }
+}
+
+/// hyper answered a request it could not parse (400, 414 or 431) before our
+/// service saw it: the request still gets its access-log line (DESIGN §2 step 2).
+fn log_parse_error(
+    ctx: &(Arc<Shared>, Arc<str>, SocketAddr, Option<TlsInfo>),
+    e: &(dyn std::error::Error + 'static),
+) {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if !h.is_parse() {
+        return;
+    }
+    let status = if h.to_string().contains("URI too long") {
+        414
+    } else if h.is_parse_too_large() {
+        431
+    } else {
+        400
+    };
+    let (shared, listener, peer, tls) = ctx;
+    let g = shared.generation.load();
+    let zone = g.snapshot.listener_id(listener).map(|id| {
+        g.snapshot.zones[g.snapshot.listeners[id as usize].zone as usize]
+            .name
+            .clone()
+    });
+    shared.logger.log(LogLine {
+        ts: timestamp(SystemTime::now()),
+        listener: Some(listener.to_string()),
+        zone,
+        client: Some(peer.to_string()),
+        decision: DecisionKind::BadRequest.as_str(),
+        status: Some(status),
+        tls: tls.clone(),
+        ..LogLine::default()
+    });
 }
