@@ -6,7 +6,8 @@
 use bulkhead_config::AccessLog;
 use serde::Serialize;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
@@ -79,6 +80,7 @@ pub fn timestamp(t: SystemTime) -> String {
 pub struct AccessLogger {
     tx: Option<mpsc::Sender<LogLine>>,
     dropped: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
 }
 
 /// Lines that may wait for the writer; past this, lines are counted as dropped
@@ -91,31 +93,35 @@ impl AccessLogger {
         AccessLogger {
             tx: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Start the writer task for `dest`. Must run inside a tokio runtime.
     pub fn start(dest: &AccessLog) -> std::io::Result<Self> {
-        let sink: Box<dyn Write + Send> = match dest {
+        let sink = match dest {
             AccessLog::Off => return Ok(Self::off()),
-            AccessLog::Stdout => Box::new(std::io::stdout()),
-            AccessLog::Stderr => Box::new(std::io::stderr()),
-            AccessLog::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            AccessLog::Stdout => Sink::Stdout,
+            AccessLog::Stderr => Sink::Stderr,
+            AccessLog::File(path) => Sink::File(path.clone(), open(path)?),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
         // Writing is blocking I/O: give it its own thread so request workers never wait on it.
         std::thread::Builder::new()
             .name("bulkhead-access-log".into())
-            .spawn(move || write_loop(rx, sink))?;
+            .spawn(move || write_loop(rx, sink, &flag))?;
         Ok(AccessLogger {
             tx: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen,
         })
+    }
+
+    /// Reopen the log file (after rotation; `SIGUSR1`). No-op for stdout/stderr.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Queue a line (never blocks).
@@ -133,9 +139,47 @@ impl AccessLogger {
     }
 }
 
-fn write_loop(mut rx: mpsc::Receiver<LogLine>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, sink);
+enum Sink {
+    Stdout,
+    Stderr,
+    File(PathBuf, std::fs::File),
+}
+
+fn open(path: &PathBuf) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+fn writer(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match sink {
+        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::Stderr => Box::new(std::io::stderr()),
+        Sink::File(_, f) => Box::new(f.try_clone()?),
+    })
+}
+
+fn write_loop(mut rx: mpsc::Receiver<LogLine>, mut sink: Sink, reopen: &AtomicBool) {
+    let Ok(w) = writer(&sink) else { return };
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, w);
     while let Some(line) = rx.blocking_recv() {
+        // Rotated? Lines from now on go to the new file.
+        if reopen.swap(false, Ordering::Relaxed) {
+            if let Sink::File(path, _) = &sink {
+                match open(path) {
+                    Ok(f) => {
+                        sink = Sink::File(path.clone(), f);
+                        if let Ok(w) = writer(&sink) {
+                            out = std::io::BufWriter::with_capacity(64 << 10, w);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot reopen the access log")
+                    }
+                }
+            }
+        }
         let mut next = Some(line);
         while let Some(line) = next {
             if serde_json::to_writer(&mut out, &line).is_ok() {

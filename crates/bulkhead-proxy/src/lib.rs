@@ -154,11 +154,7 @@ impl Proxy {
 
     /// The access logger.
     pub fn logger(&self) -> &AccessLogger {
-        &self.logger_ref().logger
-    }
-
-    fn logger_ref(&self) -> &Shared {
-        &self.shared
+        &self.shared.logger
     }
 
     /// Stop accepting at once, let in-flight requests finish for up to

@@ -69,6 +69,18 @@ async fn serve(snapshot: Arc<Snapshot>) -> Result<ExitCode> {
     for (name, addr) in proxy.bound() {
         tracing::info!(listener = %name, address = %addr, "listening");
     }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1()).context("cannot listen for SIGUSR1")?;
+        let logger = proxy.logger().clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                tracing::info!("SIGUSR1: reopening the access log");
+                logger.reopen();
+            }
+        });
+    }
     wait_for_stop().await?;
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
