@@ -5,7 +5,7 @@
 use crate::graph::Edge;
 use crate::host::pattern_matches;
 use crate::snapshot::{RouteAction, Snapshot};
-use bulkhead_config::{Collector, Invariant, Pos, RequiredAuth};
+use bulkhead_config::{Collector, Config, Invariant, Pos, RequiredAuth, Spanned};
 use std::collections::HashSet;
 
 /// Where an edge was configured: the route's name, or the listener's forward.
@@ -202,27 +202,53 @@ fn tenants_isolated(cx: &Collector, s: &Snapshot, pos: Pos, strict: bool) {
             );
         }
     }
+    for t in host_takeovers(cfg) {
+        cx.error(
+            t.host.pos,
+            format!(
+                "invariant `tenants_isolated: {word}` (line {}) is broken: host `{}` of tenant `{}` falls under wildcard `{}` of tenant `{}` (host takeover)",
+                pos.line, t.host.value, t.tenant, t.wildcard, t.wildcard_tenant
+            ),
+            "give the host to the wildcard's tenant, or narrow the wildcard",
+        );
+    }
+}
+
+/// An exact host of one tenant that another tenant's wildcard also covers.
+pub(crate) struct HostTakeover<'a> {
+    /// The exact host.
+    pub host: &'a Spanned<String>,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// The covering wildcard.
+    pub wildcard: &'a str,
+    /// The wildcard's tenant.
+    pub wildcard_tenant: &'a str,
+}
+
+/// Every exact host that falls under another tenant's wildcard.
+pub(crate) fn host_takeovers(cfg: &Config) -> Vec<HostTakeover<'_>> {
+    let mut out = Vec::new();
     for (ai, a) in cfg.tenants.iter().enumerate() {
         for h in a.hosts.iter().filter(|h| !h.value.starts_with("*.")) {
             for (bi, b) in cfg.tenants.iter().enumerate() {
                 if ai == bi {
                     continue;
                 }
-                if let Some(w) = b
+                let wildcard = b
                     .hosts
                     .iter()
-                    .find(|w| w.value.starts_with("*.") && pattern_matches(&w.value, &h.value))
-                {
-                    cx.error(
-                        h.pos,
-                        format!(
-                            "invariant `tenants_isolated: {word}` (line {}) is broken: host `{}` of tenant `{}` falls under wildcard `{}` of tenant `{}` (host takeover)",
-                            pos.line, h.value, a.name.value, w.value, b.name.value
-                        ),
-                        "give the host to the wildcard's tenant, or narrow the wildcard",
-                    );
+                    .find(|w| w.value.starts_with("*.") && pattern_matches(&w.value, &h.value));
+                if let Some(w) = wildcard {
+                    out.push(HostTakeover {
+                        host: h,
+                        tenant: &a.name.value,
+                        wildcard: &w.value,
+                        wildcard_tenant: &b.name.value,
+                    });
                 }
             }
         }
     }
+    out
 }

@@ -3,7 +3,6 @@
 //! no listener may use, overlapping hosts, idle listeners. Lints never change
 //! the exit code.
 
-use crate::host::pattern_matches;
 use crate::router::{path_matches, PathMatcher};
 use crate::snapshot::{RouteAction, RouteInfo, Snapshot};
 use bulkhead_config::Pos;
@@ -180,28 +179,14 @@ fn denied_stream_forwards(s: &Snapshot, out: &mut Vec<Lint>) {
 }
 
 fn overlapping_hosts(s: &Snapshot, out: &mut Vec<Lint>) {
-    let cfg = &s.config;
-    for (ai, a) in cfg.tenants.iter().enumerate() {
-        for h in a.hosts.iter().filter(|h| !h.value.starts_with("*.")) {
-            for (bi, b) in cfg.tenants.iter().enumerate() {
-                if ai == bi {
-                    continue;
-                }
-                if let Some(w) = b
-                    .hosts
-                    .iter()
-                    .find(|w| w.value.starts_with("*.") && pattern_matches(&w.value, &h.value))
-                {
-                    out.push(Lint {
-                        pos: h.pos,
-                        message: format!(
-                            "host `{}` of tenant `{}` overlaps wildcard `{}` of tenant `{}` (exact wins; add `tenants_isolated: true` to forbid this)",
-                            h.value, a.name.value, w.value, b.name.value
-                        ),
-                    });
-                }
-            }
-        }
+    for t in crate::invariant::host_takeovers(&s.config) {
+        out.push(Lint {
+            pos: t.host.pos,
+            message: format!(
+                "host `{}` of tenant `{}` overlaps wildcard `{}` of tenant `{}` (exact wins; add `tenants_isolated: true` to forbid this)",
+                t.host.value, t.tenant, t.wildcard, t.wildcard_tenant
+            ),
+        });
     }
 }
 

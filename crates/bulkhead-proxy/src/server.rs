@@ -151,20 +151,10 @@ fn log_refused(
     kind: DecisionKind,
     tls: Option<TlsInfo>,
 ) {
-    let g = shared.generation.load();
-    let zone = g.snapshot.listener_id(listener).map(|id| {
-        g.snapshot.zones[g.snapshot.listeners[id as usize].zone as usize]
-            .name
-            .clone()
-    });
     shared.logger.log(LogLine {
-        ts: timestamp(SystemTime::now()),
-        listener: Some(listener.to_string()),
-        zone,
-        client: Some(peer.to_string()),
         decision: kind.as_str(),
         tls,
-        ..LogLine::default()
+        ..connection_line(shared, listener, peer)
     });
 }
 
@@ -357,20 +347,27 @@ fn log_parse_error(
         400
     };
     let (shared, listener, peer, tls) = ctx;
+    shared.logger.log(LogLine {
+        decision: DecisionKind::BadRequest.as_str(),
+        status: Some(status),
+        tls: tls.clone(),
+        ..connection_line(shared, listener, *peer)
+    });
+}
+
+/// A log line with what is known of a connection before any request.
+fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine {
     let g = shared.generation.load();
     let zone = g.snapshot.listener_id(listener).map(|id| {
         g.snapshot.zones[g.snapshot.listeners[id as usize].zone as usize]
             .name
             .clone()
     });
-    shared.logger.log(LogLine {
+    LogLine {
         ts: timestamp(SystemTime::now()),
         listener: Some(listener.to_string()),
         zone,
         client: Some(peer.to_string()),
-        decision: DecisionKind::BadRequest.as_str(),
-        status: Some(status),
-        tls: tls.clone(),
         ..LogLine::default()
-    });
+    }
 }
