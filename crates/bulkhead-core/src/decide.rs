@@ -169,12 +169,16 @@ impl Snapshot {
             HostHeader::One(h) => Some(h),
             HostHeader::Missing => None,
         };
+        let mut header_norm = None;
         if let Some(h) = header_host {
-            if let Err(e) = normalize_host(h) {
-                trace.step("host", "fail", || {
-                    format!("Host `{}`: {}", h.escape_debug(), e.as_str())
-                });
-                return fail(DecisionKind::BadRequest, e.as_str().into());
+            match normalize_host(h) {
+                Ok(n) => header_norm = Some(n),
+                Err(e) => {
+                    trace.step("host", "fail", || {
+                        format!("Host `{}`: {}", h.escape_debug(), e.as_str())
+                    });
+                    return fail(DecisionKind::BadRequest, e.as_str().into());
+                }
             }
         }
         let raw_host = match (authority, header_host) {
@@ -191,14 +195,18 @@ impl Snapshot {
                 return fail(DecisionKind::BadRequest, "missing Host".into());
             }
         };
-        let host = match normalize_host(raw_host) {
-            Ok(h) => h,
-            Err(e) => {
-                trace.step("host", "fail", || {
-                    format!("`{}`: {}", raw_host.escape_debug(), e.as_str())
-                });
-                return fail(DecisionKind::BadRequest, e.as_str().into());
-            }
+        let host = match (authority, header_norm) {
+            // Origin-form: the Host header, normalized above.
+            (None, Some(h)) => h,
+            _ => match normalize_host(raw_host) {
+                Ok(h) => h,
+                Err(e) => {
+                    trace.step("host", "fail", || {
+                        format!("`{}`: {}", raw_host.escape_debug(), e.as_str())
+                    });
+                    return fail(DecisionKind::BadRequest, e.as_str().into());
+                }
+            },
         };
         let host_tenant = self.hosts.get(&host);
         let sni_tenant = sni.as_deref().and_then(|s| self.hosts.get(s));

@@ -5,8 +5,8 @@
 //! (`*.acme.test` matches `a.acme.test`, not `a.b.acme.test` nor `acme.test`);
 //! exact beats wildcard.
 
+use crate::router::FastMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// Why a host value was rejected (a 400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,15 +70,29 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
     if name.is_empty() {
         return Err(HostError::Empty);
     }
-    if !name.starts_with('[') {
-        let ok = name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !ok || name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+    let upper = if name.starts_with('[') {
+        name.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        // One pass: letters, digits, `-`, `_` and single dots, neither first nor last.
+        let mut upper = false;
+        let mut prev = b'.';
+        for b in name.bytes() {
+            let ok = match b {
+                b'.' => prev != b'.',
+                _ => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            };
+            if !ok {
+                return Err(HostError::InvalidByte);
+            }
+            upper |= b.is_ascii_uppercase();
+            prev = b;
+        }
+        if prev == b'.' {
             return Err(HostError::InvalidByte);
         }
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        upper
+    };
+    if upper {
         Ok(Cow::Owned(name.to_ascii_lowercase()))
     } else {
         Ok(Cow::Borrowed(name))
@@ -88,9 +102,9 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
 /// Host → owner lookup over exact names and one-label wildcards.
 #[derive(Clone, Debug, Default)]
 pub struct HostIndex<T> {
-    exact: HashMap<Box<str>, T>,
+    exact: FastMap<Box<str>, T>,
     /// Keyed by the part after `*.`.
-    wildcard: HashMap<Box<str>, T>,
+    wildcard: FastMap<Box<str>, T>,
 }
 
 impl<T: Copy> HostIndex<T> {

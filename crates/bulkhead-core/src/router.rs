@@ -5,7 +5,8 @@
 //! `path_prefix` routes hang on the trie node of their last segment and
 //! `path_exact` routes sit in a hash map, so one walk over the request's
 //! segments yields every route whose path could match. Routes with a regex or
-//! no path criterion form a short tail that is always a candidate. The
+//! no path criterion form a short tail that is a candidate unless the
+//! regex's literal prefix (see [`regex_literal_prefix`]) rules it out. The
 //! candidates are then tried in file order against their other criteria.
 
 use crate::normalize::hex;
@@ -14,6 +15,11 @@ use ipnet::IpNet;
 use regex::Regex;
 use smallvec::SmallVec;
 use std::collections::HashMap;
+
+/// The hash maps of the request path: read-only tables built from the config,
+/// looked up with request bytes. SipHash's keyed DoS resistance buys nothing
+/// here (no request inserts), and foldhash is several times faster.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Index of a route within its tenant (file order).
 pub type RouteIdx = u32;
@@ -159,15 +165,16 @@ fn form_decode(s: &str) -> String {
 #[derive(Clone, Debug, Default)]
 struct TrieNode {
     routes: SmallVec<[RouteIdx; 2]>,
-    children: HashMap<Box<str>, TrieNode>,
+    children: FastMap<Box<str>, TrieNode>,
 }
 
 /// The candidate index of one tenant's routes.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     root: TrieNode,
-    exact: HashMap<Box<str>, SmallVec<[RouteIdx; 2]>>,
-    tail: Vec<RouteIdx>,
+    exact: FastMap<Box<str>, SmallVec<[RouteIdx; 2]>>,
+    /// Regex and path-less routes, with the literal prefix a path must start with.
+    tail: Vec<(RouteIdx, Box<str>)>,
     case_insensitive: bool,
 }
 
@@ -184,7 +191,12 @@ impl Router {
         for (idx, path) in paths.enumerate() {
             let idx = idx as RouteIdx;
             match path {
-                PathMatcher::Any | PathMatcher::Regex(_) => router.tail.push(idx),
+                PathMatcher::Any => router.tail.push((idx, "".into())),
+                PathMatcher::Regex(re) => {
+                    router
+                        .tail
+                        .push((idx, regex_literal_prefix(re.as_str()).into()));
+                }
                 PathMatcher::Exact(p) => router.exact.entry(p.clone()).or_default().push(idx),
                 PathMatcher::Prefix(p) => {
                     let mut node = &mut router.root;
@@ -202,7 +214,12 @@ impl Router {
     /// `path` must already be lowercased when the tenant is case-insensitive.
     pub fn candidates(&self, path: &str, out: &mut Candidates) {
         out.clear();
-        out.extend_from_slice(&self.tail);
+        out.extend(
+            self.tail
+                .iter()
+                .filter(|(_, prefix)| path.starts_with(&**prefix))
+                .map(|(idx, _)| *idx),
+        );
         if let Some(routes) = self.exact.get(path) {
             out.extend_from_slice(routes);
         }
@@ -224,6 +241,32 @@ impl Router {
     pub fn case_insensitive(&self) -> bool {
         self.case_insensitive
     }
+}
+
+/// The literal text every match of a compiled path regex (`^(?:…)$`, see
+/// [`compile_path`]) starts with, so the router can skip the regex for paths
+/// that cannot match. Conservative: `""` (no filter) for case-insensitive
+/// patterns and any pattern with `|`; otherwise the leading characters that
+/// are literal outside a class, minus the last one when a `?`, `*` or `{`
+/// quantifies it.
+pub fn regex_literal_prefix(compiled: &str) -> &str {
+    let Some(inner) = compiled.strip_prefix("^(?:") else {
+        return "";
+    };
+    if inner.contains('|') {
+        return "";
+    }
+    let bytes = inner.as_bytes();
+    let mut end = 0;
+    while end < bytes.len()
+        && (bytes[end].is_ascii_alphanumeric() || b"/-_~%:=@!,;'\"".contains(&bytes[end]))
+    {
+        end += 1;
+    }
+    if end > 0 && matches!(bytes.get(end), Some(b'?' | b'*' | b'{')) {
+        end -= 1;
+    }
+    &inner[..end]
 }
 
 /// Compile a config path criterion (case folded when the tenant says so).

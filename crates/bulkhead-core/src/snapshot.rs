@@ -166,7 +166,7 @@ pub struct Snapshot {
     pub services: Vec<ServiceInfo>,
     /// The effective reachability graph.
     pub edges: Vec<Edge>,
-    pub(crate) listener_ids: HashMap<String, ListenerId>,
+    pub(crate) listener_ids: crate::router::FastMap<String, ListenerId>,
     pub(crate) hosts: HostIndex<TenantId>,
     /// `flows[from * zones + to]`.
     pub(crate) flows: Vec<bool>,
