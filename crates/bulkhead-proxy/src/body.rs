@@ -8,24 +8,30 @@ use crate::upstream::{elapsed_ms, Lease};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 pin_project_lite::pin_project! {
-    /// Counts the data bytes that pass through.
+    /// Counts the data bytes that pass through, and notes whether the
+    /// inner body failed (a client's bad chunking, say).
     pub struct Counted<B> {
         #[pin]
         inner: B,
         count: Arc<AtomicU64>,
+        failed: Arc<AtomicBool>,
     }
 }
 
 impl<B> Counted<B> {
-    /// Count `inner`'s bytes into `count`.
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counted { inner, count }
+    /// Count `inner`'s bytes into `count`; set `failed` if it yields an error.
+    pub fn new(inner: B, count: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
+        Counted {
+            inner,
+            count,
+            failed,
+        }
     }
 }
 
@@ -39,10 +45,14 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
+            Poll::Ready(Some(Err(_))) => this.failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }

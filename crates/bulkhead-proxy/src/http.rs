@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -178,10 +178,13 @@ pub async fn handle(
         _ => HttpVersion::Http11,
     };
     let uri = req.uri();
-    let target: String = if h2 || uri.scheme().is_none() {
-        uri.path_and_query().map_or("/", |p| p.as_str()).to_string()
-    } else {
-        uri.to_string()
+    let target: String = match (uri.scheme(), uri.path_and_query()) {
+        (Some(_), _) if !h2 => uri.to_string(),
+        (_, Some(p)) => p.as_str().to_string(),
+        // Authority-form (`GET host:port`) is for CONNECT only: hand it to
+        // the core as sent, which refuses it, rather than serve `/`.
+        (None, None) if !h2 => uri.to_string(),
+        _ => "/".to_string(),
     };
     let hosts: Vec<&HeaderValue> = req.headers().get_all(HOST).iter().collect();
     let authority = if h2 {
@@ -434,7 +437,8 @@ async fn forward(
     };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let limits = &snap.config.listeners[lid as usize].limits;
-    let counted = Counted::new(body, bytes_in.clone());
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let counted = Counted::new(body, bytes_in.clone(), client_body_failed.clone());
     let body: ProxyBody = match limits.max_body_bytes {
         Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
         None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -455,6 +459,17 @@ async fn forward(
         Ok(resp) => resp,
         Err(e) => {
             drop(lease);
+            // The client's body broke the exchange, not the upstream (DESIGN §2
+            // step 2): the upstream request is aborted and the client told why.
+            let over_limit = limits
+                .max_body_bytes
+                .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max);
+            if over_limit {
+                return local(&conn, line, started, 413, DecisionKind::BadRequest, true);
+            }
+            if client_body_failed.load(Ordering::Relaxed) {
+                return local(&conn, line, started, 400, DecisionKind::BadRequest, true);
+            }
             return upstream_failure(&conn, line, started, e);
         }
     };

@@ -304,6 +304,13 @@ async fn serve_hyper<I>(
                     Verdict::Wait(next) => check_at = next.into(),
                     Verdict::HeaderTimeout => {
                         tracing::debug!(client = %peer, "headers not received within header_timeout; closing");
+                        // DESIGN §4: closed, logged as `client_timeout` (status null).
+                        let (shared, listener, peer, tls) = &log_ctx;
+                        shared.logger.log(LogLine {
+                            decision: DecisionKind::ClientTimeout.as_str(),
+                            tls: tls.clone(),
+                            ..connection_line(shared, listener, *peer)
+                        });
                         return;
                     }
                     Verdict::IdleTimeout => return,
