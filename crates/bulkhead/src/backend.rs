@@ -30,6 +30,7 @@ impl Backend {
 }
 
 impl Drop for Backend {
+    /// Stops listening and closes every open connection.
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -45,12 +46,16 @@ pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
     let hits = Arc::new(AtomicU64::new(0));
     let (name, counter): (Arc<str>, _) = (name.into(), hits.clone());
     let task = tokio::spawn(async move {
+        // Connections live in this set, so aborting the accept task (dropping
+        // the Backend) closes them too, like a killed process would.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let (name, counter) = (name.clone(), counter.clone());
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let service = service_fn(move |req| answer(req, name.clone(), counter.clone()));
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

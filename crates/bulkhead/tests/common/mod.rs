@@ -387,3 +387,8 @@ pub fn sec_free_port() -> u16 {
         .expect("bind :0")
         .port()
 }
+
+// ---------------------------------------------------------------------------
+// proxy_routing.rs helpers (module `routing`, in common/routing.rs)
+
+pub mod routing;
