@@ -130,7 +130,11 @@ pub fn references(cx: &Collector, cfg: &Config) {
         zone(cx, &l.zone);
         profile(cx, &l.profile);
         // Port 0 asks the kernel for a free port: never a collision.
-        let other = if l.bind.value.port() == 0 { None } else { binds.insert(l.bind.value, &l.name.value) };
+        let other = if l.bind.value.port() == 0 {
+            None
+        } else {
+            binds.insert(l.bind.value, &l.name.value)
+        };
         if let Some(other) = other {
             cx.error(
                 l.bind.pos,

@@ -59,7 +59,7 @@ async fn probe(group: &GroupRuntime, index: usize, check: &HealthCheck) -> bool 
                 else {
                     return false;
                 };
-                match group.client.request(req).await {
+                match group.clients[index].request(req).await {
                     Ok(resp) => {
                         let ok = resp.status().is_success() || resp.status().is_redirection();
                         // Drain the body so the connection can be reused.

@@ -386,6 +386,7 @@ async fn forward(
         Err(e) => return upstream_failure(&conn, line, started, e),
     };
     line.target = Some(lease.address().to_string());
+    let target = lease.target;
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -422,9 +423,15 @@ async fn forward(
     );
     headers::set(&mut parts.headers, "host", &host_value);
     let path = d.path.as_deref().unwrap_or("/");
+    // The authority is the client's Host (h2 needs `:authority` to match it);
+    // the target's pool decides where the connection goes.
+    let authority = match host_value.parse::<http::uri::Authority>() {
+        Ok(a) => a.to_string(),
+        Err(_) => lease.address().to_string(),
+    };
     let uri = match &d.query {
-        Some(q) => format!("http://{}{path}?{q}", lease.address()),
-        None => format!("http://{}{path}", lease.address()),
+        Some(q) => format!("http://{authority}{path}?{q}"),
+        None => format!("http://{authority}{path}"),
     };
     parts.uri = match uri.parse() {
         Ok(u) => u,
@@ -448,12 +455,14 @@ async fn forward(
     let upstream_started = Instant::now();
     let sent = match timeouts.request {
         Some(total) => {
-            match tokio::time::timeout(total, group.send(upstream_req, timeouts.first_byte)).await {
+            match tokio::time::timeout(total, group.send(target, upstream_req, timeouts.first_byte))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(UpstreamError::Timeout("request timeout")),
             }
         }
-        None => group.send(upstream_req, timeouts.first_byte).await,
+        None => group.send(target, upstream_req, timeouts.first_byte).await,
     };
     let mut resp = match sent {
         Ok(resp) => resp,

@@ -30,8 +30,10 @@ pub struct GroupRuntime {
     hash_on: HashOn,
     /// Effective timeouts (group setting or defaults; routes may override).
     pub timeouts: Timeouts,
-    /// The pool.
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// One pool per target (same order as `targets`): the request's URI
+    /// carries the client's Host as authority (h2 `:authority` must match
+    /// `Host`), so the connection target comes from the pool, not the URI.
+    pub clients: Vec<Client<TargetConnector, ProxyBody>>,
     max_requests: Option<usize>,
     in_flight: AtomicUsize,
     /// Connection slots (`limits.max_connections`), with a bounded wait.
@@ -95,13 +97,23 @@ impl GroupRuntime {
         if cfg.protocol == UpstreamProtocol::H2 {
             builder.http2_only(true);
         }
+        let clients = targets
+            .iter()
+            .map(|t| {
+                let target = format!("http://{}", t.address).parse().unwrap_or_default();
+                builder.build(TargetConnector {
+                    inner: connector.clone(),
+                    target,
+                })
+            })
+            .collect();
         GroupRuntime {
             full_name: String::new(),
             balancer: Balancer::new(cfg.balance, &targets),
             targets,
             hash_on: cfg.hash_on.clone(),
             timeouts,
-            client: builder.build(connector),
+            clients,
             max_requests: cfg.limits.max_requests.map(|n| n as usize),
             in_flight: AtomicUsize::new(0),
             slots: cfg
@@ -191,10 +203,11 @@ impl GroupRuntime {
     /// response headers.
     pub async fn send(
         &self,
+        target: usize,
         req: http::Request<ProxyBody>,
         first_byte: Duration,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        match tokio::time::timeout(first_byte, self.client.request(req)).await {
+        match tokio::time::timeout(first_byte, self.clients[target].request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(
                 "no response before the first-byte timeout",
             )),
@@ -263,4 +276,37 @@ impl Upstreams {
 /// Milliseconds since `start`, for logs.
 pub fn elapsed_ms(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// A connector that always dials one target, whatever the request's URI says.
+#[derive(Clone)]
+pub struct TargetConnector {
+    inner: HttpConnector,
+    target: http::Uri,
+}
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>, BoxError>,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Uri> for TargetConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Connecting {
+        let connecting = self.inner.call(self.target.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
 }

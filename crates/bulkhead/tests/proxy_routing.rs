@@ -559,7 +559,6 @@ async fn a_group_with_protocol_h2_speaks_h2_to_its_targets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: with `protocol: h2` the upstream :authority is the target's host:port while the Host header is the client's host (RFC 9113 §8.3.1: Host must not differ from :authority); h2 backends that route on :authority see 127.0.0.1:PORT"]
 async fn h2_towards_targets_carries_the_clients_host_as_authority() {
     let a = backend::start("a", any_port()).await.expect("backend");
     let yaml = balance_yaml("round_robin", &[(a.addr, 1)], ", protocol: h2");
