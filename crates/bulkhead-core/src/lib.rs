@@ -50,6 +50,7 @@
 
 mod decide;
 mod decision;
+pub mod effective;
 mod graph;
 pub mod host;
 mod invariant;
@@ -66,6 +67,7 @@ pub use decision::{
     Answer, Decision, DecisionKind, GroupId, ListenerId, Step, TenantId, ZoneId,
     ALL as ALL_DECISIONS,
 };
+pub use effective::EffectiveConfig;
 pub use graph::{Edge, EdgeView, GraphView};
 pub use request::{
     Credentials, HeaderSource, HostHeader, HttpVersion, MatchFacts, NoHeaders, Request,

@@ -5,14 +5,13 @@
 
 use bulkhead_config::Balance;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// Live state of one target.
+/// The live state of a target: shared by every generation of the config in
+/// which the target is unchanged, so a reload keeps its health, drain and
+/// in-flight count.
 #[derive(Debug)]
-pub struct TargetState {
-    /// `host:port` as written in the config.
-    pub address: String,
-    /// Weight 1–1000.
-    pub weight: u32,
+pub struct TargetLive {
     /// Passed its health checks (true until a check says otherwise).
     pub healthy: AtomicBool,
     /// Taken out of rotation by an operator.
@@ -21,15 +20,46 @@ pub struct TargetState {
     pub in_flight: AtomicUsize,
 }
 
-impl TargetState {
-    /// A healthy target.
-    pub fn new(address: String, weight: u32) -> Self {
-        TargetState {
-            address,
-            weight: weight.max(1),
+impl Default for TargetLive {
+    fn default() -> Self {
+        TargetLive {
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One target of a group.
+#[derive(Debug)]
+pub struct TargetState {
+    /// `host:port` as written in the config.
+    pub address: String,
+    /// Weight 1–1000.
+    pub weight: u32,
+    /// Its live state.
+    pub live: Arc<TargetLive>,
+}
+
+impl std::ops::Deref for TargetState {
+    type Target = TargetLive;
+    fn deref(&self) -> &TargetLive {
+        &self.live
+    }
+}
+
+impl TargetState {
+    /// A healthy target.
+    pub fn new(address: String, weight: u32) -> Self {
+        Self::with_live(address, weight, Arc::default())
+    }
+
+    /// A target continuing the live state of an earlier generation.
+    pub fn with_live(address: String, weight: u32, live: Arc<TargetLive>) -> Self {
+        TargetState {
+            address,
+            weight: weight.max(1),
+            live,
         }
     }
 

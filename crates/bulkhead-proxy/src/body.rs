@@ -2,9 +2,10 @@
 //! when a response body ends — completed or aborted — so every request gets
 //! exactly one line, with the bytes actually sent (DESIGN §5).
 
-use crate::access_log::{AccessLogger, LogLine};
+use crate::access_log::LogLine;
 use crate::timers::Busy;
 use crate::upstream::{elapsed_ms, Lease};
+use crate::Shared;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -70,7 +71,7 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 /// another), and releases the upstream lease at the same moment.
 pub struct LogGuard {
     line: Option<LogLine>,
-    logger: AccessLogger,
+    shared: Arc<Shared>,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     /// Response body bytes sent so far.
@@ -83,7 +84,7 @@ impl LogGuard {
     /// A guard that will log `line`.
     pub fn new(
         line: LogLine,
-        logger: AccessLogger,
+        shared: Arc<Shared>,
         started: Instant,
         bytes_in: Arc<AtomicU64>,
         lease: Option<Lease>,
@@ -91,7 +92,7 @@ impl LogGuard {
     ) -> Self {
         LogGuard {
             line: Some(line),
-            logger,
+            shared,
             started,
             bytes_in,
             bytes_out: 0,
@@ -107,7 +108,7 @@ impl Drop for LogGuard {
             line.bytes_in = self.bytes_in.load(Ordering::Relaxed);
             line.bytes_out = self.bytes_out;
             line.duration_ms = elapsed_ms(self.started);
-            self.logger.log(line);
+            self.shared.record(line);
         }
     }
 }

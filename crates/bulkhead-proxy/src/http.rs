@@ -331,7 +331,7 @@ fn finish_local(conn: &Conn, mut line: LogLine, started: Instant, status: u16, b
     line.status = Some(status);
     line.bytes_out = bytes_out;
     line.duration_ms = elapsed_ms(started);
-    conn.shared.logger.log(line);
+    conn.shared.record(line);
 }
 
 fn is_upgrade(req: &http::Request<Incoming>) -> bool {
@@ -372,6 +372,23 @@ async fn forward(
         .timeouts
         .clone()
         .unwrap_or_else(|| group.timeouts.clone());
+    // Fault injection (a runtime override from the admin API wins over the config).
+    let faults = {
+        let t = &snap.tenants[tid as usize];
+        conn.shared
+            .fault_override(&t.name, &t.routes[rid as usize].name)
+            .or(policy.faults.clone())
+    };
+    if let Some((status, percent)) = faults.as_ref().and_then(|f| f.abort) {
+        if rand::random::<f64>() * 100.0 < percent {
+            let kind = match status {
+                502 => DecisionKind::UpstreamError,
+                504 => DecisionKind::Timeout,
+                _ => DecisionKind::Unavailable,
+            };
+            return local(&conn, line, started, status, kind, false);
+        }
+    }
     let lease = match group
         .lease(
             HashKey {
@@ -387,6 +404,11 @@ async fn forward(
     };
     line.target = Some(lease.address().to_string());
     let target = lease.target;
+    if let Some((delay, percent)) = faults.as_ref().and_then(|f| f.delay) {
+        if rand::random::<f64>() * 100.0 < percent {
+            tokio::time::sleep(delay).await;
+        }
+    }
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -504,7 +526,7 @@ async fn forward(
     let (parts, body) = resp.into_parts();
     let guard = LogGuard::new(
         line,
-        conn.shared.logger.clone(),
+        conn.shared.clone(),
         started,
         bytes_in,
         Some(lease),

@@ -15,24 +15,30 @@
 #![deny(missing_docs)]
 
 pub mod access_log;
+pub mod admin;
 pub mod balance;
 mod body;
 pub mod client_hello;
 pub mod headers;
 pub mod health;
 mod http;
+pub mod metrics;
 pub mod server;
 mod stream;
 mod timers;
 mod tls;
 pub mod upstream;
 
-use access_log::AccessLogger;
+use access_log::{AccessLogger, LogLine};
 use arc_swap::ArcSwap;
+use bulkhead_config::{Faults, Protocol};
 use bulkhead_core::Snapshot;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use upstream::Upstreams;
@@ -40,12 +46,17 @@ use upstream::Upstreams;
 /// Errors crossing body and client boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A snapshot and the upstream runtime built for it, swapped together.
+/// A snapshot and what was built for it at run time, swapped together:
+/// in-flight requests finish on the generation they started with.
 pub struct Generation {
     /// The compiled config.
     pub snapshot: Arc<Snapshot>,
     /// Its groups at run time.
     pub upstreams: Arc<Upstreams>,
+    /// rustls configs of its https listeners, by listener name.
+    pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// A short hash of the config file's effective content.
+    pub config_hash: String,
 }
 
 /// State shared by every connection.
@@ -54,29 +65,146 @@ pub struct Shared {
     pub generation: ArcSwap<Generation>,
     /// The access log.
     pub logger: AccessLogger,
+    /// The metrics.
+    pub metrics: metrics::Metrics,
+    /// Faults set at run time through the admin API, by (tenant, route);
+    /// they override the config's `faults` for that route.
+    pub faults: Mutex<HashMap<(String, String), Faults>>,
+}
+
+impl Shared {
+    /// Account for a finished request or connection: metrics, then the access log.
+    pub fn record(&self, line: LogLine) {
+        self.metrics.observe(&line);
+        self.logger.log(line);
+    }
+
+    /// The runtime fault override of a route, if any.
+    pub fn fault_override(&self, tenant: &str, route: &str) -> Option<Faults> {
+        let faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        if faults.is_empty() {
+            return None;
+        }
+        faults
+            .get(&(tenant.to_string(), route.to_string()))
+            .cloned()
+    }
+}
+
+/// One listener's socket and accept loop.
+struct ListenerHandle {
+    bind: SocketAddr,
+    socket: Arc<TcpListener>,
+    local: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// The outcome of the last reload, for `GET /status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Did it apply?
+    pub ok: bool,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why not.
+    pub errors: Vec<String>,
+}
+
+struct State {
+    listeners: HashMap<String, ListenerHandle>,
+    health: CancellationToken,
+    last_reload: Option<ReloadStatus>,
 }
 
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
-    bound: Vec<(String, SocketAddr)>,
     life: server::Lifecycle,
     accept_loops: TaskTracker,
-    health: CancellationToken,
+    state: Mutex<State>,
+    reloading: tokio::sync::Mutex<()>,
+    config_path: Option<PathBuf>,
+    started: Instant,
 }
 
-/// Why the proxy could not start.
+/// Why the proxy could not start (or a reload could not apply).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A listener could not be bound or its TLS set up.
-    #[error("{0}")]
-    Listener(String),
+    /// Listeners could not be bound or their TLS set up.
+    #[error("{}", .0.join("\n"))]
+    Listeners(Vec<String>),
     /// The access log could not be opened.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
     /// The config asks for something this data plane does not do yet.
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// A short, stable hash of a config's effective content (FNV-1a of the graph
+/// and the config debug form), for `/status` and drift checks.
+pub fn config_hash(snapshot: &Snapshot) -> String {
+    format!(
+        "{:016x}",
+        balance::hash_bytes(format!("{:?}", snapshot.config).as_bytes())
+    )
+}
+
+fn check_supported(snapshot: &Snapshot) -> Result<(), StartError> {
+    for t in &snapshot.config.tenants {
+        if let Some(g) = t.target_groups.iter().find(|g| g.tls.is_some()) {
+            return Err(StartError::Unsupported(format!(
+                "target group `{}/{}` sets `tls`: TLS towards targets is not supported by this version; remove it rather than send plaintext",
+                t.name.value, g.name.value
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn tls_configs(
+    snapshot: &Snapshot,
+) -> Result<HashMap<String, Arc<rustls::ServerConfig>>, Vec<String>> {
+    let mut out = HashMap::new();
+    let mut errors = Vec::new();
+    for l in snapshot
+        .config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == Protocol::Https)
+    {
+        match tls::server_config(l) {
+            Ok(c) => {
+                out.insert(l.name.value.clone(), c);
+            }
+            Err(e) => errors.push(format!("listener `{}`: {e}", l.name.value)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn spawn_health(generation: &Generation) -> CancellationToken {
+    let stop = CancellationToken::new();
+    for (id, group) in generation.upstreams.all().iter().enumerate() {
+        if let Some(check) = &generation.snapshot.group_config(id as u32).health {
+            health::spawn(group.clone(), check.clone(), stop.clone());
+        }
+    }
+    stop
+}
+
+/// What a reload will do with one listener's socket.
+enum SocketPlan {
+    /// Same name, same bind: the running loop goes on.
+    Keep,
+    /// Another (old) listener's socket on the same address, taken over.
+    Take(String),
+    /// A freshly bound socket.
+    New(Arc<TcpListener>),
 }
 
 impl Proxy {
@@ -93,63 +221,108 @@ impl Proxy {
         snapshot: Arc<Snapshot>,
         logger: AccessLogger,
     ) -> Result<Proxy, StartError> {
-        for t in &snapshot.config.tenants {
-            if let Some(g) = t.target_groups.iter().find(|g| g.tls.is_some()) {
-                return Err(StartError::Unsupported(format!(
-                    "target group `{}/{}` sets `tls`: TLS towards targets is not supported by this version; remove it rather than send plaintext",
-                    t.name.value, g.name.value
-                )));
-            }
-        }
-        let mut listeners = Vec::new();
+        Self::start_full(snapshot, logger, None).await
+    }
+
+    /// Start, remembering the config file so that [`Proxy::reload_from_file`]
+    /// (SIGHUP, `POST /reload`) can re-read it.
+    pub async fn start_full(
+        snapshot: Arc<Snapshot>,
+        logger: AccessLogger,
+        config_path: Option<PathBuf>,
+    ) -> Result<Proxy, StartError> {
+        check_supported(&snapshot)?;
+        let tls = tls_configs(&snapshot).map_err(StartError::Listeners)?;
+        let mut sockets = Vec::new();
+        let mut errors = Vec::new();
         for l in &snapshot.config.listeners {
-            listeners.push(server::bind(l).await.map_err(StartError::Listener)?);
-        }
-        let upstreams = Arc::new(Upstreams::new(&snapshot));
-        let health = CancellationToken::new();
-        for (id, group) in upstreams.all().iter().enumerate() {
-            if let Some(check) = &snapshot.group_config(id as u32).health {
-                health::spawn(group.clone(), check.clone(), health.clone());
+            match server::bind(l).await {
+                Ok(s) => sockets.push((l.name.value.clone(), l.bind.value, s)),
+                Err(e) => errors.push(e),
             }
         }
-        let shared = Arc::new(Shared {
-            generation: ArcSwap::from_pointee(Generation {
-                snapshot,
-                upstreams,
-            }),
-            logger,
-        });
-        let life = server::Lifecycle {
-            stop_accepting: CancellationToken::new(),
-            drain: CancellationToken::new(),
-            connections: TaskTracker::new(),
+        if !errors.is_empty() {
+            return Err(StartError::Listeners(errors));
+        }
+        let upstreams = Arc::new(Upstreams::new(&snapshot, None));
+        let config_hash = config_hash(&snapshot);
+        let generation = Generation {
+            snapshot,
+            upstreams,
+            tls,
+            config_hash,
         };
-        let accept_loops = TaskTracker::new();
-        let mut bound = Vec::new();
-        for l in listeners {
-            if let Ok(addr) = l.socket.local_addr() {
-                bound.push((l.name.to_string(), addr));
-            }
-            accept_loops.spawn(server::accept_loop(l, shared.clone(), life.clone()));
-        }
-        accept_loops.close();
-        Ok(Proxy {
+        let health = spawn_health(&generation);
+        let shared = Arc::new(Shared {
+            generation: ArcSwap::from_pointee(generation),
+            logger,
+            metrics: metrics::Metrics::default(),
+            faults: Mutex::new(HashMap::new()),
+        });
+        let proxy = Proxy {
             shared,
-            bound,
-            life,
-            accept_loops,
-            health,
-        })
+            life: server::Lifecycle {
+                stop_accepting: CancellationToken::new(),
+                drain: CancellationToken::new(),
+                connections: TaskTracker::new(),
+            },
+            accept_loops: TaskTracker::new(),
+            state: Mutex::new(State {
+                listeners: HashMap::new(),
+                health,
+                last_reload: None,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+            config_path,
+            started: Instant::now(),
+        };
+        {
+            let mut state = proxy.lock_state();
+            for (name, bind, socket) in sockets {
+                let handle = proxy.spawn_loop(&name, bind, socket);
+                state.listeners.insert(name, handle);
+            }
+        }
+        Ok(proxy)
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn_loop(&self, name: &str, bind: SocketAddr, socket: Arc<TcpListener>) -> ListenerHandle {
+        let stop = CancellationToken::new();
+        let local = socket.local_addr().unwrap_or(bind);
+        self.accept_loops.spawn(server::accept_loop(
+            name.into(),
+            socket.clone(),
+            self.shared.clone(),
+            self.life.clone(),
+            stop.clone(),
+        ));
+        ListenerHandle {
+            bind,
+            socket,
+            local,
+            stop,
+        }
     }
 
     /// The address each listener is bound to (useful with port 0).
-    pub fn bound(&self) -> &[(String, SocketAddr)] {
-        &self.bound
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let mut out: Vec<_> = self
+            .lock_state()
+            .listeners
+            .iter()
+            .map(|(n, h)| (n.clone(), h.local))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.bound.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.lock_state().listeners.get(name).map(|h| h.local)
     }
 
     /// The access logger.
@@ -157,15 +330,157 @@ impl Proxy {
         &self.shared.logger
     }
 
+    /// State shared with connections (for the admin API).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The outcome of the last reload.
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.lock_state().last_reload.clone()
+    }
+
+    /// The config file given at start, if any.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
+    /// Re-read the config file given at start and reload it.
+    pub async fn reload_from_file(&self) -> Result<(), Vec<String>> {
+        let Some(path) = &self.config_path else {
+            return self.finish_reload(Err(vec![
+                "this proxy was not started from a config file".into()
+            ]));
+        };
+        match Snapshot::load(path) {
+            Ok(s) => self.reload(Arc::new(s)).await,
+            Err(errors) => {
+                self.finish_reload(Err(errors.0.iter().map(ToString::to_string).collect()))
+            }
+        }
+    }
+
+    fn finish_reload(&self, result: Result<(), Vec<String>>) -> Result<(), Vec<String>> {
+        self.shared.metrics.reload(result.is_ok());
+        let status = ReloadStatus {
+            ok: result.is_ok(),
+            at: access_log::timestamp(SystemTime::now()),
+            errors: result.as_ref().err().cloned().unwrap_or_default(),
+        };
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(errors) => {
+                tracing::warn!(errors = %errors.join("; "), "reload rejected; nothing changed")
+            }
+        }
+        self.lock_state().last_reload = Some(status);
+        result
+    }
+
+    /// Swap to a new snapshot without dropping a request: everything that
+    /// can fail (TLS configs, binding new sockets) happens first, and if
+    /// anything fails nothing changes. Then the generation is swapped
+    /// atomically; unchanged listeners keep their sockets, removed ones stop
+    /// accepting, new ones start; targets that did not change keep their
+    /// pools and health state.
+    pub async fn reload(&self, snapshot: Arc<Snapshot>) -> Result<(), Vec<String>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if let Err(e) = check_supported(&snapshot) {
+            return self.finish_reload(Err(vec![e.to_string()]));
+        }
+        let tls = match tls_configs(&snapshot) {
+            Ok(t) => t,
+            Err(errors) => return self.finish_reload(Err(errors)),
+        };
+        let current: HashMap<String, SocketAddr> = self
+            .lock_state()
+            .listeners
+            .iter()
+            .map(|(n, h)| (n.clone(), h.bind))
+            .collect();
+        let mut plan = Vec::new();
+        let mut errors = Vec::new();
+        for l in &snapshot.config.listeners {
+            let (name, bind) = (&l.name.value, l.bind.value);
+            let action = if current.get(name) == Some(&bind) {
+                SocketPlan::Keep
+            } else if let Some(old) = current
+                .iter()
+                .find(|(_, b)| **b == bind && bind.port() != 0)
+                .map(|(n, _)| n.clone())
+            {
+                SocketPlan::Take(old)
+            } else {
+                match server::bind(l).await {
+                    Ok(socket) => SocketPlan::New(socket),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                }
+            };
+            plan.push((name.clone(), bind, action));
+        }
+        if !errors.is_empty() {
+            return self.finish_reload(Err(errors));
+        }
+        let previous = self.shared.generation.load_full();
+        let upstreams = Arc::new(Upstreams::new(&snapshot, Some(&previous.upstreams)));
+        let config_hash = config_hash(&snapshot);
+        let generation = Generation {
+            snapshot,
+            upstreams,
+            tls,
+            config_hash,
+        };
+        let health = spawn_health(&generation);
+        self.shared.generation.store(Arc::new(generation));
+
+        let mut state = self.lock_state();
+        let mut old = std::mem::take(&mut state.listeners);
+        for (name, bind, action) in plan {
+            let handle = match action {
+                SocketPlan::Keep => old.remove(&name),
+                SocketPlan::Take(from) => old
+                    .get(&from)
+                    .map(|h| h.socket.clone())
+                    .map(|socket| self.spawn_loop(&name, bind, socket)),
+                SocketPlan::New(socket) => Some(self.spawn_loop(&name, bind, socket)),
+            };
+            if let Some(h) = handle {
+                state.listeners.insert(name, h);
+            }
+        }
+        for (_, h) in old {
+            h.stop.cancel();
+        }
+        std::mem::replace(&mut state.health, health).cancel();
+        drop(state);
+        // Runtime faults were set against the old rules; the file is the truth again.
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.finish_reload(Ok(()))
+    }
+
     /// Stop accepting at once, let in-flight requests finish for up to
     /// `drain`, then close what is left. Returns true when everything
     /// finished in time.
-    pub async fn shutdown(self, drain: Duration) -> bool {
+    pub async fn shutdown(&self, drain: Duration) -> bool {
         self.life.stop_accepting.cancel();
+        self.accept_loops.close();
         self.accept_loops.wait().await;
+        self.lock_state().listeners.clear();
         self.life.drain.cancel();
         self.life.connections.close();
-        self.health.cancel();
+        self.lock_state().health.cancel();
         tokio::time::timeout(drain, self.life.connections.wait())
             .await
             .is_ok()

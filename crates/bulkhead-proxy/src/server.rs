@@ -32,115 +32,114 @@ pub struct Lifecycle {
     pub connections: TaskTracker,
 }
 
-/// A bound listener, ready to accept.
-pub struct BoundListener {
-    /// Its name.
-    pub name: Arc<str>,
-    /// The socket.
-    pub socket: TcpListener,
-    /// The rustls config of an https listener.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Its protocol.
-    pub protocol: Protocol,
+/// Bind a listener's socket.
+pub async fn bind(l: &Listener) -> Result<Arc<TcpListener>, String> {
+    TcpListener::bind(l.bind.value)
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "listener `{}`: cannot bind {}: {e}",
+                l.name.value, l.bind.value
+            )
+        })
 }
 
-/// Bind `l`'s socket and prepare its TLS config.
-pub async fn bind(l: &Listener) -> Result<BoundListener, String> {
-    let socket = TcpListener::bind(l.bind.value).await.map_err(|e| {
-        format!(
-            "listener `{}`: cannot bind {}: {e}",
-            l.name.value, l.bind.value
-        )
-    })?;
-    let tls = match l.protocol {
-        Protocol::Https => Some(
-            crate::tls::server_config(l)
-                .map_err(|e| format!("listener `{}`: {e}", l.name.value))?,
-        ),
-        _ => None,
-    };
-    Ok(BoundListener {
-        name: l.name.value.as_str().into(),
-        socket,
-        tls,
+/// What one accepted connection needs from the generation serving now.
+struct ListenerNow {
+    protocol: Protocol,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ListenerLimits,
+    allowed: bool,
+}
+
+fn listener_now(shared: &Shared, name: &str, peer: SocketAddr) -> Option<ListenerNow> {
+    let g = shared.generation.load();
+    let id = g.snapshot.listener_id(name)?;
+    let l = &g.snapshot.listeners[id as usize];
+    Some(ListenerNow {
         protocol: l.protocol,
+        tls: g.tls.get(name).cloned(),
+        limits: g.snapshot.config.listeners[id as usize].limits.clone(),
+        allowed: l.allow_sources.is_empty()
+            || l.allow_sources.iter().any(|n| n.contains(&peer.ip())),
     })
 }
 
-/// Accept connections on `bound` until `life.stop_accepting`.
-pub async fn accept_loop(bound: BoundListener, shared: Arc<Shared>, life: Lifecycle) {
-    let limits = current_limits(&shared, &bound.name).unwrap_or_default();
-    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+/// Accept connections for listener `name` on `socket` until `stop` or
+/// `life.stop_accepting`. Protocol, TLS config, limits and `allow_sources`
+/// are read from the generation serving at each accept, so a reload applies
+/// to the next connection without touching the socket.
+pub async fn accept_loop(
+    name: Arc<str>,
+    socket: Arc<TcpListener>,
+    shared: Arc<Shared>,
+    life: Lifecycle,
+    stop: CancellationToken,
+) {
+    let max = listener_now(&shared, &name, SocketAddr::from(([0, 0, 0, 0], 0)))
+        .map_or(10_000, |l| l.limits.max_connections);
+    let slots = Arc::new(Semaphore::new(max as usize));
     loop {
         // At max_connections the loop waits here: the kernel backlog holds the rest.
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = life.stop_accepting.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let accepted = tokio::select! {
-            r = bound.socket.accept() => r,
+            r = socket.accept() => r,
             _ = life.stop_accepting.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %bound.name, error = %e, "accept failed");
+                tracing::warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
-        if !source_allowed(&shared, &bound.name, peer) {
+        let Some(now) = listener_now(&shared, &name, peer) else {
+            // The listener left the config; its loop is being stopped.
+            continue;
+        };
+        if !now.allowed {
             drop(stream);
-            log_refused(&shared, &bound.name, peer, DecisionKind::Deny, None);
+            log_refused(&shared, &name, peer, DecisionKind::Deny, None);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let (shared, life2, name, tls) = (
-            shared.clone(),
-            life.clone(),
-            bound.name.clone(),
-            bound.tls.clone(),
-        );
-        let limits = current_limits(&shared, &name).unwrap_or_default();
-        match bound.protocol {
+        let (shared, life2, name) = (shared.clone(), life.clone(), name.clone());
+        let gauge = shared.metrics.connection_opened(&name);
+        match now.protocol {
             Protocol::Http | Protocol::Https => {
-                life.connections.spawn(serve_http(
-                    stream, peer, name, shared, tls, limits, life2, permit,
-                ));
+                life.connections.spawn(async move {
+                    let _gauge = gauge;
+                    serve_http(
+                        stream, peer, name, shared, now.tls, now.limits, life2, permit,
+                    )
+                    .await;
+                });
             }
             Protocol::Tcp | Protocol::TlsPassthrough => {
-                let passthrough = bound.protocol == Protocol::TlsPassthrough;
+                let passthrough = now.protocol == Protocol::TlsPassthrough;
                 life.connections.spawn(async move {
-                    let _permit = permit;
+                    let (_permit, _gauge) = (permit, gauge);
                     stream::serve(
                         stream,
                         peer,
                         name,
                         shared,
                         passthrough,
-                        limits.header_timeout,
+                        now.limits.header_timeout,
                     )
                     .await;
                 });
             }
         }
     }
-}
-
-fn current_limits(shared: &Shared, listener: &str) -> Option<ListenerLimits> {
-    let g = shared.generation.load();
-    let id = g.snapshot.listener_id(listener)?;
-    Some(g.snapshot.config.listeners[id as usize].limits.clone())
-}
-
-fn source_allowed(shared: &Shared, listener: &str, peer: SocketAddr) -> bool {
-    let g = shared.generation.load();
-    let Some(id) = g.snapshot.listener_id(listener) else {
-        return false;
-    };
-    let allow = &g.snapshot.listeners[id as usize].allow_sources;
-    allow.is_empty() || allow.iter().any(|n| n.contains(&peer.ip()))
 }
 
 /// One log line for a connection refused before any request.
@@ -151,7 +150,7 @@ fn log_refused(
     kind: DecisionKind,
     tls: Option<TlsInfo>,
 ) {
-    shared.logger.log(LogLine {
+    shared.record(LogLine {
         decision: kind.as_str(),
         tls,
         ..connection_line(shared, listener, peer)
@@ -306,7 +305,7 @@ async fn serve_hyper<I>(
                         tracing::debug!(client = %peer, "headers not received within header_timeout; closing");
                         // DESIGN §4: closed, logged as `client_timeout` (status null).
                         let (shared, listener, peer, tls) = &log_ctx;
-                        shared.logger.log(LogLine {
+                        shared.record(LogLine {
                             decision: DecisionKind::ClientTimeout.as_str(),
                             tls: tls.clone(),
                             ..connection_line(shared, listener, *peer)
@@ -354,7 +353,7 @@ fn log_parse_error(
         400
     };
     let (shared, listener, peer, tls) = ctx;
-    shared.logger.log(LogLine {
+    shared.record(LogLine {
         decision: DecisionKind::BadRequest.as_str(),
         status: Some(status),
         tls: tls.clone(),

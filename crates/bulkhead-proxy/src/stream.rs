@@ -129,5 +129,5 @@ fn finish(shared: &Shared, mut line: LogLine, started: Instant, kind: DecisionKi
     line.decision = kind.as_str();
     line.status = None;
     line.duration_ms = elapsed_ms(started);
-    shared.logger.log(line);
+    shared.record(line);
 }

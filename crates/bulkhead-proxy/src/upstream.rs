@@ -35,9 +35,12 @@ pub struct GroupRuntime {
     /// `Host`), so the connection target comes from the pool, not the URI.
     pub clients: Vec<Client<TargetConnector, ProxyBody>>,
     max_requests: Option<usize>,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
+    /// What the pools were built with; pools are reused across reloads only when it is unchanged.
+    pool_key: (UpstreamProtocol, Duration, Duration),
     /// Connection slots (`limits.max_connections`), with a bounded wait.
     slots: Option<Arc<Semaphore>>,
+    slots_size: Option<u32>,
     max_pending: usize,
     pending: AtomicUsize,
 }
@@ -78,13 +81,17 @@ impl Drop for Lease {
 }
 
 impl GroupRuntime {
-    fn new(cfg: &TargetGroup) -> Self {
-        let targets: Vec<TargetState> = cfg
-            .targets
-            .iter()
-            .map(|t| TargetState::new(t.address.value.clone(), t.weight))
-            .collect();
+    /// Build a group; targets (live state and pool) that `previous` already
+    /// had, with the same pool settings, are carried over.
+    fn new(cfg: &TargetGroup, previous: Option<&GroupRuntime>) -> Self {
         let timeouts = cfg.policy.timeouts.clone().unwrap_or_default();
+        let pool_key = (cfg.protocol, timeouts.connect, timeouts.idle);
+        let previous = previous.filter(|p| p.pool_key == pool_key);
+        let carried = |address: &str| {
+            let p = previous?;
+            let i = p.targets.iter().position(|t| t.address == address)?;
+            Some((p.targets[i].live.clone(), p.clients[i].clone()))
+        };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeouts.connect));
@@ -97,16 +104,21 @@ impl GroupRuntime {
         if cfg.protocol == UpstreamProtocol::H2 {
             builder.http2_only(true);
         }
-        let clients = targets
-            .iter()
-            .map(|t| {
-                let target = format!("http://{}", t.address).parse().unwrap_or_default();
-                builder.build(TargetConnector {
+        let mut targets = Vec::with_capacity(cfg.targets.len());
+        let mut clients = Vec::with_capacity(cfg.targets.len());
+        for t in &cfg.targets {
+            let address = t.address.value.clone();
+            let (live, client) = carried(&address).unwrap_or_else(|| {
+                let target = format!("http://{address}").parse().unwrap_or_default();
+                let connector = TargetConnector {
                     inner: connector.clone(),
                     target,
-                })
-            })
-            .collect();
+                };
+                (Arc::default(), builder.build(connector))
+            });
+            targets.push(TargetState::with_live(address, t.weight, live));
+            clients.push(client);
+        }
         GroupRuntime {
             full_name: String::new(),
             balancer: Balancer::new(cfg.balance, &targets),
@@ -115,14 +127,24 @@ impl GroupRuntime {
             timeouts,
             clients,
             max_requests: cfg.limits.max_requests.map(|n| n as usize),
-            in_flight: AtomicUsize::new(0),
-            slots: cfg
-                .limits
-                .max_connections
-                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            in_flight: previous.map_or_else(Arc::default, |p| p.in_flight.clone()),
+            pool_key,
+            slots: match previous {
+                Some(p) if p.slots_size == cfg.limits.max_connections => p.slots.clone(),
+                _ => cfg
+                    .limits
+                    .max_connections
+                    .map(|n| Arc::new(Semaphore::new(n as usize))),
+            },
+            slots_size: cfg.limits.max_connections,
             max_pending: cfg.limits.max_pending.unwrap_or(0) as usize,
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// Requests in flight to the group.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Reserve a target for one request: bulkheads first (shed with 503,
@@ -250,11 +272,14 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Build the runtime of every group of `snapshot`.
-    pub fn new(snapshot: &Snapshot) -> Self {
+    /// Build the runtime of every group of `snapshot`, carrying over the
+    /// targets `previous` already had (health, drain, pools).
+    pub fn new(snapshot: &Snapshot, previous: Option<&Upstreams>) -> Self {
         let groups = (0..snapshot.groups.len() as GroupId)
             .map(|id| {
-                let mut g = GroupRuntime::new(snapshot.group_config(id));
+                let name = &snapshot.groups[id as usize].full_name;
+                let before = previous.and_then(|p| p.by_name(name));
+                let mut g = GroupRuntime::new(snapshot.group_config(id), before.map(|g| &**g));
                 g.full_name = snapshot.groups[id as usize].full_name.clone();
                 Arc::new(g)
             })
@@ -265,6 +290,11 @@ impl Upstreams {
     /// The runtime of group `id`.
     pub fn group(&self, id: GroupId) -> &Arc<GroupRuntime> {
         &self.groups[id as usize]
+    }
+
+    /// A group by `tenant/group`.
+    pub fn by_name(&self, full_name: &str) -> Option<&Arc<GroupRuntime>> {
+        self.groups.iter().find(|g| g.full_name == full_name)
     }
 
     /// Every group.

@@ -41,6 +41,9 @@ enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Reload when the config file or one of its certificates changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// A complete local demo: sample segmented config, certificates, backends; prints what to curl.
     Demo {
@@ -75,7 +78,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { config } => Ok(check(&config)),
         Command::Explain(args) => explain::run(&args),
-        Command::Run { config } => crate::run::run(&config),
+        Command::Run { config, watch } => crate::run::run(&config, watch),
         Command::Demo { dir } => {
             crate::run::init_tracing();
             crate::run::runtime(None)?.block_on(crate::demo::run(dir))?;

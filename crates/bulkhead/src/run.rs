@@ -5,10 +5,13 @@
 use crate::output;
 use anyhow::{Context, Result};
 use bulkhead_core::Snapshot;
+use bulkhead_proxy::access_log::AccessLogger;
 use bulkhead_proxy::Proxy;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Set up diagnostics on stderr (`RUST_LOG` filters, default `info`).
 pub fn init_tracing() {
@@ -35,32 +38,49 @@ pub fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 /// Run `bulkhead run`.
-pub fn run(config: &Path) -> Result<ExitCode> {
+pub fn run(config: &Path, watch: bool) -> Result<ExitCode> {
     let Some(snapshot) = output::load_or_report(config) else {
         return Ok(ExitCode::from(1));
     };
+    let mut token = None;
     if let Some(admin) = &snapshot.config.admin {
         if let Some(var) = &admin.token_env {
-            if std::env::var_os(var).is_none() {
-                eprintln!("{}: admin.token_env names `{var}`, which is not set — export it before `bulkhead run`", config.display());
-                return Ok(ExitCode::from(1));
+            match std::env::var(var) {
+                Ok(t) if !t.is_empty() => token = Some(t),
+                _ => {
+                    eprintln!("{}: admin.token_env names `{var}`, which is not set — export it before `bulkhead run`", config.display());
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
     }
     init_tracing();
     let rt = runtime(snapshot.config.workers)?;
-    rt.block_on(serve(Arc::new(snapshot)))
+    rt.block_on(serve(
+        Arc::new(snapshot),
+        config.to_path_buf(),
+        token,
+        watch,
+    ))
 }
 
-async fn serve(snapshot: Arc<Snapshot>) -> Result<ExitCode> {
+async fn serve(
+    snapshot: Arc<Snapshot>,
+    path: PathBuf,
+    token: Option<String>,
+    watch: bool,
+) -> Result<ExitCode> {
     let drain = snapshot.config.drain_timeout;
-    if snapshot.config.admin.is_some() {
-        tracing::warn!(
-            "the admin API is not part of this version yet; `admin` is validated but not served"
-        );
-    }
-    let proxy = match Proxy::start(snapshot).await {
-        Ok(p) => p,
+    let admin = snapshot.config.admin.clone();
+    let logger = match AccessLogger::start(&snapshot.config.log.access) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: access log: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let proxy = match Proxy::start_full(snapshot, logger, Some(path.clone())).await {
+        Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
@@ -68,6 +88,18 @@ async fn serve(snapshot: Arc<Snapshot>) -> Result<ExitCode> {
     };
     for (name, addr) in proxy.bound() {
         tracing::info!(listener = %name, address = %addr, "listening");
+    }
+    let stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        match bulkhead_proxy::admin::serve(proxy.clone(), admin.bind.value, token, stop.clone())
+            .await
+        {
+            Ok(addr) => tracing::info!(address = %addr, "admin API listening"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     #[cfg(unix)]
     {
@@ -80,18 +112,101 @@ async fn serve(snapshot: Arc<Snapshot>) -> Result<ExitCode> {
                 logger.reopen();
             }
         });
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = p.reload_from_file().await;
+            }
+        });
     }
+    let _watcher = if watch {
+        Some(watch_files(proxy.clone(), &path)?)
+    } else {
+        None
+    };
     wait_for_stop().await?;
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "stopping: no new connections; draining in-flight requests"
     );
-    let drained = proxy.shutdown(drain).await;
-    if !drained {
+    stop.cancel();
+    if !proxy.shutdown(drain).await {
         tracing::warn!("drain timeout reached; closing the connections left");
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files whose change triggers a reload: the config and every certificate, key and CA it names.
+fn watched_files(proxy: &Proxy, config: &Path) -> Vec<PathBuf> {
+    let g = proxy.shared().generation.load();
+    let mut files = vec![config.to_path_buf()];
+    for l in &g.snapshot.config.listeners {
+        let pairs = l
+            .tls
+            .iter()
+            .flat_map(|t| t.certificates.iter())
+            .chain(l.default_certificate.iter());
+        for pair in pairs {
+            files.push(pair.cert.value.clone());
+            files.push(pair.key.value.clone());
+        }
+        if let Some(ca) = l.tls.as_ref().and_then(|t| t.client_auth.as_ref()) {
+            files.push(ca.ca.value.clone());
+        }
+    }
+    files
+        .iter()
+        .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+        .collect()
+}
+
+/// `--watch`: reload when the config or a certificate changes (events are
+/// debounced: editors write files in several steps).
+fn watch_files(proxy: Arc<Proxy>, config: &Path) -> Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let files = watched_files(&proxy, config);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let interesting = files.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let hit = event.paths.iter().any(|p| {
+                interesting
+                    .iter()
+                    .any(|f| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == *f || p == f)
+            });
+            if hit && !event.kind.is_access() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .context("cannot watch the config file")?;
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while rx.try_recv().is_ok() {}
+            tracing::info!("a watched file changed: reloading");
+            let _ = proxy.reload_from_file().await;
+        }
+    });
+    tracing::info!(
+        files = files.len(),
+        "watching the config and its certificates for changes"
+    );
+    Ok(watcher)
 }
 
 /// Wait for SIGTERM or SIGINT (Ctrl-C).

@@ -1212,7 +1212,9 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     );
 
     let started = Instant::now();
-    let shutdown = tokio::spawn(proxy.shutdown(Duration::from_secs(5)));
+    let proxy = std::sync::Arc::new(proxy);
+    let stopping = proxy.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(5)).await });
     // New connections are refused while the slow request is still in flight.
     let mut refused_at = None;
     let deadline = Instant::now() + Duration::from_millis(800);

@@ -1,0 +1,266 @@
+//! Prometheus metrics (`GET /metrics` on the admin API), with
+//! `prometheus-client`. Every label comes from the config (listener, zone,
+//! tenant, route, group, decision, status class): no paths, no client
+//! addresses, so cardinality is bounded by the config's size.
+//!
+//! Request metrics are taken from the finished access-log line, so the log
+//! and the counters can never disagree. Target health and pool state are
+//! read from the live upstreams at scrape time.
+
+use crate::access_log::LogLine;
+use crate::Generation;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    zone: String,
+    tenant: String,
+    route: String,
+    group: String,
+    decision: String,
+    status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    listener: String,
+    tenant: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabels {
+    listener: String,
+    zone: String,
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
+}
+
+/// All metrics of one proxy.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    denied: Family<DeniedLabels, Counter>,
+    duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    upstream: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    connections: Family<ListenerLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bulkhead");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let denied = Family::<DeniedLabels, Counter>::default();
+        let duration =
+            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let upstream =
+            Family::<GroupLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests (and TCP connections) by decision",
+            requests.clone(),
+        );
+        registry.register(
+            "denied",
+            "Requests refused before the upstream, by decision",
+            denied.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to the upstream's response headers",
+            upstream.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open downstream connections",
+            connections.clone(),
+        );
+        registry.register("reloads", "Config reloads by result", reloads.clone());
+        Metrics {
+            registry,
+            requests,
+            denied,
+            duration,
+            upstream,
+            connections,
+            reloads,
+        }
+    }
+}
+
+/// Decrements the listener's connection gauge when the connection ends.
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn or_none(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+impl Metrics {
+    /// Count one finished request or connection.
+    pub fn observe(&self, line: &LogLine) {
+        let status_class = line
+            .status
+            .map_or_else(|| "none".to_string(), |s| format!("{}xx", s / 100));
+        self.requests
+            .get_or_create(&RequestLabels {
+                listener: or_none(&line.listener),
+                zone: or_none(&line.zone),
+                tenant: or_none(&line.tenant),
+                route: or_none(&line.route),
+                group: or_none(&line.group),
+                decision: line.decision.to_string(),
+                status_class,
+            })
+            .inc();
+        if !matches!(line.decision, "forward" | "redirect" | "respond") {
+            self.denied
+                .get_or_create(&DeniedLabels {
+                    listener: or_none(&line.listener),
+                    zone: or_none(&line.zone),
+                    decision: line.decision.to_string(),
+                })
+                .inc();
+        }
+        self.duration
+            .get_or_create(&LatencyLabels {
+                listener: or_none(&line.listener),
+                tenant: or_none(&line.tenant),
+                route: or_none(&line.route),
+            })
+            .observe(line.duration_ms / 1000.0);
+        if let (Some(ms), Some(group)) = (line.upstream_ms, &line.group) {
+            self.upstream
+                .get_or_create(&GroupLabels {
+                    group: group.clone(),
+                })
+                .observe(ms / 1000.0);
+        }
+    }
+
+    /// A connection was accepted on `listener`.
+    pub fn connection_opened(&self, listener: &str) -> ConnectionGauge {
+        let g = self
+            .connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .clone();
+        g.inc();
+        ConnectionGauge(g)
+    }
+
+    /// Count a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with the live target state of `generation`.
+    pub fn render(&self, generation: &Generation, dropped_log_lines: u64) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        let groups = generation.upstreams.all();
+        let _ = writeln!(out, "# HELP bulkhead_target_healthy Target passes its health checks (1) or not (0).\n# TYPE bulkhead_target_healthy gauge");
+        for g in groups {
+            for t in &g.targets {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_target_healthy{{group=\"{}\",target=\"{}\"}} {}",
+                    g.full_name,
+                    t.address,
+                    u8::from(t.healthy.load(Ordering::Relaxed))
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP bulkhead_target_drained Target drained by an operator (1) or not (0).\n# TYPE bulkhead_target_drained gauge");
+        for g in groups {
+            for t in &g.targets {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_target_drained{{group=\"{}\",target=\"{}\"}} {}",
+                    g.full_name,
+                    t.address,
+                    u8::from(t.drained.load(Ordering::Relaxed))
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP bulkhead_target_in_flight Requests in flight to the target.\n# TYPE bulkhead_target_in_flight gauge");
+        for g in groups {
+            for t in &g.targets {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_target_in_flight{{group=\"{}\",target=\"{}\"}} {}",
+                    g.full_name,
+                    t.address,
+                    t.in_flight.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP bulkhead_group_in_flight Requests in flight to the group (its max_requests bulkhead).\n# TYPE bulkhead_group_in_flight gauge");
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "bulkhead_group_in_flight{{group=\"{}\"}} {}",
+                g.full_name,
+                g.in_flight()
+            );
+        }
+        let _ = writeln!(out, "# HELP bulkhead_access_log_dropped Access-log lines dropped because the writer fell behind.\n# TYPE bulkhead_access_log_dropped counter\nbulkhead_access_log_dropped_total {dropped_log_lines}");
+        out.push_str("# EOF\n");
+        out
+    }
+}
