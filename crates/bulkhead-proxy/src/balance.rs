@@ -4,7 +4,7 @@
 //! lock-free on the request path.
 
 use bulkhead_config::Balance;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The live state of a target: shared by every generation of the config in
@@ -18,6 +18,12 @@ pub struct TargetLive {
     pub drained: AtomicBool,
     /// Requests in flight.
     pub in_flight: AtomicUsize,
+    /// Failures in a row (outlier detection).
+    pub consecutive_errors: AtomicU32,
+    /// Ejections in a row (each one lasts longer).
+    pub ejections: AtomicU32,
+    /// Ejected until this [`now_ms`] instant (0 = not ejected).
+    pub ejected_until: AtomicU64,
 }
 
 impl Default for TargetLive {
@@ -26,7 +32,26 @@ impl Default for TargetLive {
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            consecutive_errors: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
         }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl TargetLive {
+    /// Ejected by outlier detection at `now` (a [`now_ms`] instant).
+    pub fn ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
     }
 }
 
@@ -65,7 +90,9 @@ impl TargetState {
 
     /// May receive new requests.
     pub fn available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.drained.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed)
+            && !self.drained.load(Ordering::Relaxed)
+            && (self.ejected_until.load(Ordering::Relaxed) == 0 || !self.ejected(now_ms()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! exactly one line, with the bytes actually sent (DESIGN §5).
 
 use crate::access_log::LogLine;
+use crate::policy::BudgetSlots;
 use crate::timers::Busy;
 use crate::upstream::{elapsed_ms, Lease};
 use crate::Shared;
@@ -77,7 +78,7 @@ pub struct LogGuard {
     /// Response body bytes sent so far.
     pub bytes_out: u64,
     _lease: Option<Lease>,
-    _busy: Option<Busy>,
+    _busy: Option<(Busy, BudgetSlots)>,
 }
 
 impl LogGuard {
@@ -88,7 +89,7 @@ impl LogGuard {
         started: Instant,
         bytes_in: Arc<AtomicU64>,
         lease: Option<Lease>,
-        busy: Option<Busy>,
+        busy: Option<(Busy, BudgetSlots)>,
     ) -> Self {
         LogGuard {
             line: Some(line),

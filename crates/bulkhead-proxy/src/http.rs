@@ -17,7 +17,7 @@ use http::header::{
     HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, TRANSFER_ENCODING,
     UPGRADE,
 };
-use http::{Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -372,6 +372,23 @@ async fn forward(
         .timeouts
         .clone()
         .unwrap_or_else(|| group.timeouts.clone());
+    // Rate limit: a token bucket per route and key (client IP, identity or header).
+    if let Some(limiter) = generation.policies.limiter(lid, tid, rid) {
+        if let Err(wait) = limiter.check(conn.peer.ip(), d.identity.as_deref(), req.headers()) {
+            let mut resp = local(&conn, line, started, 429, DecisionKind::RateLimited, false);
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers::set(resp.headers_mut(), "retry-after", &secs.max(1).to_string());
+            return resp;
+        }
+    }
+    // Tenant and listener concurrency budgets: shed at once, never queue.
+    let budget = match generation.policies.enter(lid, tid) {
+        Ok(slots) => slots,
+        Err(why) => {
+            tracing::debug!(why, "shed by a concurrency budget");
+            return local(&conn, line, started, 503, DecisionKind::Unavailable, false);
+        }
+    };
     // Fault injection (a runtime override from the admin API wins over the config).
     let faults = {
         let t = &snap.tenants[tid as usize];
@@ -389,27 +406,6 @@ async fn forward(
             return local(&conn, line, started, status, kind, false);
         }
     }
-    let lease = match group
-        .lease(
-            HashKey {
-                client_ip: Some(conn.peer.ip()),
-                headers: req.headers(),
-            },
-            timeouts.connect,
-        )
-        .await
-    {
-        Ok(lease) => lease,
-        Err(e) => return upstream_failure(&conn, line, started, e),
-    };
-    line.target = Some(lease.address().to_string());
-    let target = lease.target;
-    if let Some((delay, percent)) = faults.as_ref().and_then(|f| f.delay) {
-        if rand::random::<f64>() * 100.0 < percent {
-            tokio::time::sleep(delay).await;
-        }
-    }
-
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -422,6 +418,8 @@ async fn forward(
     };
     let request_id = trusted_id.unwrap_or_else(new_request_id);
     line.request_id = Some(request_id.clone());
+    // Known before the body is wrapped: a request without one can be replayed.
+    let replayable = idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     for name in &zone.strip_headers {
         parts.headers.remove(name.as_str());
@@ -449,7 +447,10 @@ async fn forward(
     // the target's pool decides where the connection goes.
     let authority = match host_value.parse::<http::uri::Authority>() {
         Ok(a) => a.to_string(),
-        Err(_) => lease.address().to_string(),
+        Err(_) => group
+            .targets
+            .first()
+            .map_or_else(|| "localhost".to_string(), |t| t.address.clone()),
     };
     let uri = match &d.query {
         Some(q) => format!("http://{authority}{path}?{q}"),
@@ -472,20 +473,83 @@ async fn forward(
         Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
         None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
     };
-    let upstream_req = http::Request::from_parts(parts, body);
-
-    let upstream_started = Instant::now();
-    let sent = match timeouts.request {
-        Some(total) => {
-            match tokio::time::timeout(total, group.send(target, upstream_req, timeouts.first_byte))
-                .await
+    if let Some(edits) = &policy.headers {
+        for name in &edits.request_remove {
+            parts.headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.request_set {
+            headers::set(&mut parts.headers, name, value);
+        }
+    }
+    // Retries: only idempotent requests without a body (nothing to replay),
+    // within the group's retry budget so retries cannot amplify an outage.
+    let retries = policy
+        .retries
+        .clone()
+        .filter(|r| r.attempts > 0 && replayable && !upgrade);
+    let mut body = Some(body);
+    let mut attempt = 0u32;
+    let (lease, sent, upstream_started) = loop {
+        let lease = match group
+            .lease(
+                HashKey {
+                    client_ip: Some(conn.peer.ip()),
+                    headers: &parts.headers,
+                },
+                timeouts.connect,
+            )
+            .await
+        {
+            Ok(lease) => lease,
+            Err(e) => return upstream_failure(&conn, line, started, e),
+        };
+        if let Some((delay, percent)) = faults.as_ref().and_then(|f| f.delay) {
+            if rand::random::<f64>() * 100.0 < percent {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let this_body = body.take().unwrap_or_default();
+        let upstream_req = http::Request::from_parts(parts.clone(), this_body);
+        let upstream_started = Instant::now();
+        let target = lease.target;
+        let sent = match timeouts.request {
+            Some(total) => match tokio::time::timeout(
+                total,
+                group.send(target, upstream_req, timeouts.first_byte),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => Err(UpstreamError::Timeout("request timeout")),
-            }
+            },
+            None => group.send(target, upstream_req, timeouts.first_byte).await,
+        };
+        let failed = match &sent {
+            Ok(resp) => resp.status().as_u16() >= 500,
+            Err(UpstreamError::Unavailable(_)) => false,
+            Err(_) => true,
+        };
+        group.report(target, !failed);
+        let retry_on = |what: &str| {
+            retries
+                .as_ref()
+                .is_some_and(|r| r.on.iter().any(|o| o == what))
+        };
+        let retriable = match &sent {
+            Ok(resp) => retry_on(resp.status().as_str()),
+            Err(UpstreamError::Failed { connect: true, .. }) => retry_on("connect_error"),
+            Err(UpstreamError::Timeout(_)) => retry_on("timeout"),
+            Err(_) => false,
+        };
+        let more = retries.as_ref().is_some_and(|r| attempt < r.attempts);
+        if retriable && more && group.take_retry_token() {
+            attempt += 1;
+            tracing::debug!(attempt, group = %group.full_name, "retrying");
+            continue;
         }
-        None => group.send(target, upstream_req, timeouts.first_byte).await,
+        break (lease, sent, upstream_started);
     };
+    line.target = Some(lease.address().to_string());
     let mut resp = match sent {
         Ok(resp) => resp,
         Err(e) => {
@@ -506,6 +570,14 @@ async fn forward(
     };
     line.upstream_ms = Some(elapsed_ms(upstream_started));
     line.status = Some(resp.status().as_u16());
+    if let Some(edits) = &policy.headers {
+        for name in &edits.response_remove {
+            resp.headers_mut().remove(name.as_str());
+        }
+        for (name, value) in &edits.response_set {
+            headers::set(resp.headers_mut(), name, value);
+        }
+    }
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -530,7 +602,7 @@ async fn forward(
         started,
         bytes_in,
         Some(lease),
-        Some(busy),
+        Some((busy, budget)),
     );
     let body: ProxyBody = Logged::new(body, guard)
         .map_err(|e| Box::new(e) as BoxError)
@@ -549,7 +621,7 @@ fn upstream_failure(
             tracing::debug!(why, "no upstream");
             (503, DecisionKind::Unavailable)
         }
-        UpstreamError::Failed(why) => {
+        UpstreamError::Failed { msg: why, .. } => {
             tracing::debug!(why = %why, "upstream failed");
             (502, DecisionKind::UpstreamError)
         }
@@ -559,4 +631,12 @@ fn upstream_failure(
         }
     };
     local(conn, line, started, status, kind, false)
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod health;
 mod http;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 mod stream;
 mod timers;
@@ -57,6 +58,8 @@ pub struct Generation {
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
     /// A short hash of the config file's effective content.
     pub config_hash: String,
+    /// Rate limiters and concurrency budgets.
+    pub policies: Arc<policy::Policies>,
 }
 
 /// State shared by every connection.
@@ -189,6 +192,17 @@ fn tls_configs(
 
 fn spawn_health(generation: &Generation) -> CancellationToken {
     let stop = CancellationToken::new();
+    // Rate-limit buckets of keys that went quiet are forgotten, to bound memory.
+    let (policies, until) = (generation.policies.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = until.cancelled() => return,
+                _ = tick.tick() => policies.limiters().for_each(|l| l.shrink()),
+            }
+        }
+    });
     for (id, group) in generation.upstreams.all().iter().enumerate() {
         if let Some(check) = &generation.snapshot.group_config(id as u32).health {
             health::spawn(group.clone(), check.clone(), stop.clone());
@@ -246,11 +260,13 @@ impl Proxy {
         }
         let upstreams = Arc::new(Upstreams::new(&snapshot, None));
         let config_hash = config_hash(&snapshot);
+        let policies = Arc::new(policy::Policies::new(&snapshot, None));
         let generation = Generation {
             snapshot,
             upstreams,
             tls,
             config_hash,
+            policies,
         };
         let health = spawn_health(&generation);
         let shared = Arc::new(Shared {
@@ -432,11 +448,16 @@ impl Proxy {
         let previous = self.shared.generation.load_full();
         let upstreams = Arc::new(Upstreams::new(&snapshot, Some(&previous.upstreams)));
         let config_hash = config_hash(&snapshot);
+        let policies = Arc::new(policy::Policies::new(
+            &snapshot,
+            Some((&previous.snapshot, &previous.policies)),
+        ));
         let generation = Generation {
             snapshot,
             upstreams,
             tls,
             config_hash,
+            policies,
         };
         let health = spawn_health(&generation);
         self.shared.generation.store(Arc::new(generation));

@@ -88,6 +88,7 @@ pub async fn serve(
     let upstream_started = Instant::now();
     let connect =
         tokio::time::timeout(group.timeouts.connect, TcpStream::connect(lease.address())).await;
+    group.report(lease.target, matches!(connect, Ok(Ok(_))));
     let mut upstream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return finish(&shared, line, started, DecisionKind::UpstreamError),

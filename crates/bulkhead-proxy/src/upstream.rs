@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Most retries the budget can hold at once (in thousandths).
+const RETRY_BURST: i64 = 10_000;
+
 /// The body type sent upstream and back.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -36,6 +39,11 @@ pub struct GroupRuntime {
     pub clients: Vec<Client<TargetConnector, ProxyBody>>,
     max_requests: Option<usize>,
     in_flight: Arc<AtomicUsize>,
+    outlier: Option<bulkhead_config::Outlier>,
+    /// Retry budget in thousandths of a retry: each request adds
+    /// `budget_percent * 10`, each retry spends 1000 (capped for bursts).
+    retry_tokens: std::sync::atomic::AtomicI64,
+    retry_earn: i64,
     /// What the pools were built with; pools are reused across reloads only when it is unchanged.
     pool_key: (UpstreamProtocol, Duration, Duration),
     /// Connection slots (`limits.max_connections`), with a bounded wait.
@@ -51,7 +59,12 @@ pub enum UpstreamError {
     /// No healthy target, or the group is at its limit: 503.
     Unavailable(&'static str),
     /// Connect or protocol error: 502.
-    Failed(String),
+    Failed {
+        /// What happened.
+        msg: String,
+        /// The connection could not be made (retriable as `connect_error`).
+        connect: bool,
+    },
     /// Timed out: 504.
     Timeout(&'static str),
 }
@@ -128,6 +141,13 @@ impl GroupRuntime {
             clients,
             max_requests: cfg.limits.max_requests.map(|n| n as usize),
             in_flight: previous.map_or_else(Arc::default, |p| p.in_flight.clone()),
+            outlier: cfg.outlier.clone(),
+            retry_tokens: std::sync::atomic::AtomicI64::new(RETRY_BURST),
+            retry_earn: cfg
+                .policy
+                .retries
+                .as_ref()
+                .map_or(200, |r| i64::from(r.budget_percent) * 10),
             pool_key,
             slots: match previous {
                 Some(p) if p.slots_size == cfg.limits.max_connections => p.slots.clone(),
@@ -140,6 +160,49 @@ impl GroupRuntime {
             max_pending: cfg.limits.max_pending.unwrap_or(0) as usize,
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// Spend one retry from the group's budget, if there is one left.
+    pub fn take_retry_token(&self) -> bool {
+        self.retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
+
+    /// Passive outlier detection: note how a request to `target` went.
+    /// `consecutive_errors` failures eject the target for `base_ejection`
+    /// times the number of ejections in a row, unless that would eject more
+    /// than `max_ejection_percent` of the group.
+    pub fn report(&self, target: usize, ok: bool) {
+        let Some(live) = self.targets.get(target).map(|t| &t.live) else {
+            return;
+        };
+        if ok {
+            live.consecutive_errors.store(0, Ordering::Relaxed);
+            live.ejections.store(0, Ordering::Relaxed);
+            return;
+        }
+        let Some(outlier) = &self.outlier else { return };
+        let errors = live.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if errors < outlier.consecutive_errors {
+            return;
+        }
+        let now = crate::balance::now_ms();
+        let ejected = self.targets.iter().filter(|t| t.ejected(now)).count();
+        let limit = self.targets.len() * outlier.max_ejection_percent as usize / 100;
+        if ejected + 1 > limit {
+            return;
+        }
+        let n = live.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = outlier.base_ejection.as_millis() as u64;
+        let length = base
+            .saturating_mul(u64::from(n))
+            .min(base.saturating_mul(10).max(300_000));
+        live.ejected_until.store(now + length, Ordering::Relaxed);
+        live.consecutive_errors.store(0, Ordering::Relaxed);
+        tracing::warn!(group = %self.full_name, target = %self.targets[target].address, ejection_ms = length, "target ejected after consecutive errors");
     }
 
     /// Requests in flight to the group.
@@ -184,6 +247,12 @@ impl GroupRuntime {
                 }
             },
         };
+        // Every request earns its share of the retry budget.
+        let _ = self
+            .retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + self.retry_earn).min(RETRY_BURST))
+            });
         let random: u64 = rand::random();
         let hash = self.hash_key(&key);
         let Some(target) = self.balancer.pick(&self.targets, random, hash) else {
@@ -238,10 +307,13 @@ impl GroupRuntime {
                 if msg.contains("timed out") {
                     Err(UpstreamError::Timeout("connect timed out"))
                 } else {
-                    Err(UpstreamError::Failed(msg))
+                    Err(UpstreamError::Failed { msg, connect: true })
                 }
             }
-            Ok(Err(e)) => Err(UpstreamError::Failed(source_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Failed {
+                msg: source_chain(&e),
+                connect: false,
+            }),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
