@@ -1031,7 +1031,9 @@ fn retries_view(r: &bulkhead_config::Retries) -> RetriesView {
 
 fn faults_view(f: &Faults) -> FaultsView {
     FaultsView {
-        abort: f.abort.map(|(status, percent)| AbortView { status, percent }),
+        abort: f
+            .abort
+            .map(|(status, percent)| AbortView { status, percent }),
         delay: f.delay.map(|(d, percent)| DelayView {
             duration: format_duration(d),
             percent,
@@ -1262,7 +1264,10 @@ invariants:
             api.matcher.headers["x-api-version"],
             ValueMatchView::Exact("2".into())
         );
-        assert_eq!(api.policy.rate_limit.as_ref().map(|r| r.per_second), Some(5));
+        assert_eq!(
+            api.policy.rate_limit.as_ref().map(|r| r.per_second),
+            Some(5)
+        );
         assert!(v.profiles["admin-strict"].builtin);
         assert!(matches!(
             v.profiles["admin-strict"].policy.auth,

@@ -257,7 +257,7 @@ impl Snapshot {
     }
 
     /// True when `group` is the chosen group or any leg of the matched route's split.
-    fn split_contains(&self, got: &Outcome, group: &str) -> bool {
+    pub fn split_contains(&self, got: &Outcome, group: &str) -> bool {
         if got.group.as_deref() == Some(group) {
             return true;
         }

@@ -1,7 +1,8 @@
 //! Command-line arguments and dispatch (DESIGN §6). Exit codes: 0 success;
-//! 1 an invalid config or failed test cases; 2 usage errors.
+//! 1 an invalid config, failed test cases, or (`diff`, `audit`) a
+//! difference; 2 usage or connection errors.
 
-use crate::{explain, graph, output};
+use crate::{audit, diff, explain, graph, output};
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -60,6 +61,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Table)]
         format: GraphFormat,
     },
+    /// Drift between a config file and a running instance (its admin API's `GET /config`); exit 1 if they differ.
+    Diff(diff::DiffArgs),
+    /// Replay an access log against a config; report lines it would not reproduce; exit 1 if any.
+    Audit(audit::AuditArgs),
 }
 
 /// `graph --format`.
@@ -96,6 +101,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", graph::render(&snapshot, format)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Diff(args) => diff::run(&args),
+        Command::Audit(args) => audit::run(&args),
     }
 }
 
