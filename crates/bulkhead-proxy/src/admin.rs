@@ -152,6 +152,11 @@ async fn handle(req: http::Request<Incoming>, proxy: &Proxy, token: Option<&str>
                 Err(resp) => resp,
             }
         }
+        (&Method::POST, ["cache", "purge"]) => match read_json(req).await {
+            Ok(body) => purge_cache(proxy, &body).await,
+            Err(resp) => resp,
+        },
+        (_, ["cache", "purge"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, ["status" | "config" | "routes" | "graph" | "targets" | "metrics"])
         | (_, ["reload"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
@@ -349,4 +354,44 @@ fn set_faults(proxy: &Proxy, tenant: String, route: String, body: &Value) -> Adm
         StatusCode::OK,
         &json!({ "ok": true, "tenant": tenant, "route": route, "cleared": cleared }),
     )
+}
+
+/// `POST /cache/purge` `{"tenant": NAME, "path_prefix": "/static/"}`: drop
+/// the tenant's cached responses whose normalized path starts with the
+/// prefix (no prefix: all of them).
+async fn purge_cache(proxy: &Proxy, body: &Value) -> AdminResponse {
+    let Some(obj) = body.as_object() else {
+        return error(StatusCode::BAD_REQUEST, "body must be a JSON object");
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "tenant" | "path_prefix"))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("unknown key `{k}`: purge takes `tenant` and `path_prefix`"),
+        );
+    }
+    let Some(tenant) = obj.get("tenant").and_then(Value::as_str) else {
+        return error(StatusCode::BAD_REQUEST, "`tenant` (a string) is required");
+    };
+    let prefix = match obj.get("path_prefix") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(p)) => p.as_str(),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "`path_prefix` must be a string"),
+    };
+    let known = proxy
+        .shared()
+        .generation
+        .load()
+        .snapshot
+        .tenants
+        .iter()
+        .any(|t| t.name == tenant);
+    if !known {
+        return error(StatusCode::NOT_FOUND, "no such tenant");
+    }
+    let purged = proxy.shared().caches.purge(tenant, prefix).await;
+    tracing::info!(tenant, path_prefix = prefix, purged, "cache purged by the admin API");
+    json_response(StatusCode::OK, &json!({ "ok": true, "purged": purged }))
 }

@@ -481,6 +481,32 @@ async fn forward(
             headers::set(&mut parts.headers, name, value);
         }
     }
+    // Cache (cache.rs): a stored response answers here; a miss may fill the cache.
+    let cache_fill = match crate::cache::lookup(
+        &conn.shared,
+        generation,
+        policy.cache.as_ref(),
+        crate::cache::Ask {
+            tenant: &snap.tenants[tid as usize].name,
+            host: d.host.as_deref().unwrap_or_default(),
+            path,
+            query: d.query.as_deref(),
+            authenticated: d.identity.is_some(),
+            replayable: replayable && !upgrade,
+            group: &group,
+            timeouts: &timeouts,
+            client_ip: conn.peer.ip(),
+        },
+        &mut parts,
+    )
+    .await
+    {
+        crate::cache::Lookup::Hit(hit) => {
+            let edits = policy.headers.as_ref();
+            return hit.respond(line, &conn.shared, started, bytes_in, (busy, budget), edits);
+        }
+        crate::cache::Lookup::Go(fill) => fill,
+    };
     // Retries: only idempotent requests without a body (nothing to replay),
     // within the group's retry budget so retries cannot amplify an outage.
     let retries = policy
@@ -596,6 +622,8 @@ async fn forward(
         headers::strip_hop_by_hop(resp.headers_mut(), false);
     }
     let (parts, body) = resp.into_parts();
+    // Cache (cache.rs): X-Cache, and a storable body copied into the cache as it streams.
+    let (parts, body) = crate::cache::tee(cache_fill, &mut line, parts, body);
     let guard = LogGuard::new(
         line,
         conn.shared.clone(),

@@ -18,6 +18,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 mod body;
+pub mod cache;
 pub mod client_hello;
 pub mod headers;
 pub mod health;
@@ -73,6 +74,8 @@ pub struct Shared {
     /// Faults set at run time through the admin API, by (tenant, route);
     /// they override the config's `faults` for that route.
     pub faults: Mutex<HashMap<(String, String), Faults>>,
+    /// Response caches (`cache` policies), kept across reloads.
+    pub caches: cache::Caches,
 }
 
 impl Shared {
@@ -274,6 +277,7 @@ impl Proxy {
             logger,
             metrics: metrics::Metrics::default(),
             faults: Mutex::new(HashMap::new()),
+            caches: cache::Caches::default(),
         });
         let proxy = Proxy {
             shared,
