@@ -39,6 +39,14 @@ fn error(status: StatusCode, message: &str) -> AdminResponse {
     json_response(status, &json!({ "error": message }))
 }
 
+/// 405 with the `Allow` header RFC 9110 §15.5.6 requires.
+fn method_not_allowed(allow: &'static str) -> AdminResponse {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    resp.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    resp
+}
+
 /// Bind the admin API on `bind` and serve it until `stop`. `token`, when
 /// set, is required as a bearer token. Returns the bound address.
 pub async fn serve(
@@ -83,8 +91,10 @@ fn authorized(req: &http::Request<Incoming>, token: Option<&str>) -> bool {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
     // Compare in constant time for equal lengths.
     given.len() == token.len()
         && given
@@ -156,9 +166,13 @@ async fn handle(req: http::Request<Incoming>, proxy: &Proxy, token: Option<&str>
             Ok(body) => purge_cache(proxy, &body).await,
             Err(resp) => resp,
         },
-        (_, ["cache", "purge"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        (_, ["status" | "config" | "routes" | "graph" | "targets" | "metrics"])
-        | (_, ["reload"]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, ["cache", "purge"]) => method_not_allowed("POST"),
+        (_, ["status" | "config" | "routes" | "graph" | "targets" | "metrics"]) => {
+            method_not_allowed("GET")
+        }
+        (_, ["reload"])
+        | (_, ["targets", _, _, _, "drain" | "undrain"])
+        | (_, ["faults", _, _]) => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -244,6 +258,7 @@ fn routes(proxy: &Proxy) -> AdminResponse {
 
 fn targets(proxy: &Proxy) -> AdminResponse {
     let g = proxy.shared().generation.load();
+    let now = crate::balance::now_ms();
     let groups: Vec<Value> = g
         .upstreams
         .all()
@@ -258,6 +273,9 @@ fn targets(proxy: &Proxy) -> AdminResponse {
                         "healthy": t.healthy.load(Ordering::Relaxed),
                         "drained": t.drained.load(Ordering::Relaxed),
                         "in_flight": t.in_flight.load(Ordering::Relaxed),
+                        // Outlier detection (DESIGN §7: "health, outlier state").
+                        "ejected": t.ejected(now),
+                        "consecutive_errors": t.consecutive_errors.load(Ordering::Relaxed),
                     })
                 })
                 .collect();
@@ -392,6 +410,11 @@ async fn purge_cache(proxy: &Proxy, body: &Value) -> AdminResponse {
         return error(StatusCode::NOT_FOUND, "no such tenant");
     }
     let purged = proxy.shared().caches.purge(tenant, prefix).await;
-    tracing::info!(tenant, path_prefix = prefix, purged, "cache purged by the admin API");
+    tracing::info!(
+        tenant,
+        path_prefix = prefix,
+        purged,
+        "cache purged by the admin API"
+    );
     json_response(StatusCode::OK, &json!({ "ok": true, "purged": purged }))
 }

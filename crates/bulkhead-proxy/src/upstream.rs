@@ -94,16 +94,20 @@ impl Drop for Lease {
 }
 
 impl GroupRuntime {
-    /// Build a group; targets (live state and pool) that `previous` already
-    /// had, with the same pool settings, are carried over.
+    /// Build a group; the live state (health, drain, in-flight, ejection) of
+    /// targets that `previous` already had is carried over, and so are their
+    /// pools when the pool settings did not change.
     fn new(cfg: &TargetGroup, previous: Option<&GroupRuntime>) -> Self {
         let timeouts = cfg.policy.timeouts.clone().unwrap_or_default();
         let pool_key = (cfg.protocol, timeouts.connect, timeouts.idle);
-        let previous = previous.filter(|p| p.pool_key == pool_key);
+        let same_pools = previous.is_some_and(|p| p.pool_key == pool_key);
         let carried = |address: &str| {
             let p = previous?;
             let i = p.targets.iter().position(|t| t.address == address)?;
-            Some((p.targets[i].live.clone(), p.clients[i].clone()))
+            Some((
+                p.targets[i].live.clone(),
+                same_pools.then(|| p.clients[i].clone()),
+            ))
         };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -121,13 +125,14 @@ impl GroupRuntime {
         let mut clients = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let address = t.address.value.clone();
-            let (live, client) = carried(&address).unwrap_or_else(|| {
+            let (live, client) = carried(&address).unwrap_or_default();
+            let client = client.unwrap_or_else(|| {
                 let target = format!("http://{address}").parse().unwrap_or_default();
                 let connector = TargetConnector {
                     inner: connector.clone(),
                     target,
                 };
-                (Arc::default(), builder.build(connector))
+                builder.build(connector)
             });
             targets.push(TargetState::with_live(address, t.weight, live));
             clients.push(client);

@@ -89,18 +89,8 @@ async fn serve(
     for (name, addr) in proxy.bound() {
         tracing::info!(listener = %name, address = %addr, "listening");
     }
-    let stop = CancellationToken::new();
-    if let Some(admin) = admin {
-        match bulkhead_proxy::admin::serve(proxy.clone(), admin.bind.value, token, stop.clone())
-            .await
-        {
-            Ok(addr) => tracing::info!(address = %addr, "admin API listening"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(ExitCode::from(1));
-            }
-        }
-    }
+    // Every signal handler is in place before the admin API answers.
+    let stopping = stop_signals()?;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -126,7 +116,22 @@ async fn serve(
     } else {
         None
     };
-    wait_for_stop().await?;
+    // The admin API comes last: once it answers, the signal handlers and
+    // `--watch` are in place (a SIGHUP or SIGTERM before its handler would
+    // kill the process).
+    let stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        match bulkhead_proxy::admin::serve(proxy.clone(), admin.bind.value, token, stop.clone())
+            .await
+        {
+            Ok(addr) => tracing::info!(address = %addr, "admin API listening"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    stopping.await;
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "stopping: no new connections; draining in-flight requests"
@@ -211,19 +216,27 @@ fn watch_files(proxy: Arc<Proxy>, config: &Path) -> Result<notify::RecommendedWa
 
 /// Wait for SIGTERM or SIGINT (Ctrl-C).
 pub async fn wait_for_stop() -> Result<()> {
+    stop_signals()?.await;
+    Ok(())
+}
+
+/// Listen for SIGTERM and SIGINT (Ctrl-C) from now on — they no longer
+/// kill the process — and return a future that ends at the first of them.
+pub fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    Ok(())
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
