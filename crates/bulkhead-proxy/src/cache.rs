@@ -28,6 +28,10 @@
 //!   `Last-Modified` heuristic (`ttl: 0s` turns defaults off). `no-cache`,
 //!   `proxy-revalidate` and `Set-Cookie` (without `public`) still make it
 //!   zero, and zero is not stored.
+//! * **Invalidation.** A successful (2xx/3xx) request with an unsafe method
+//!   invalidates its target for GET and HEAD, every variant (RFC 9111 §4.4):
+//!   at once through a short-lived mark checked by lookups and fills, for
+//!   good by a new version of the resource's index.
 //! * **Coalescing.** Concurrent misses for one primary key wait (at most the
 //!   request timeout, else the first-byte timeout, capped at 30 s) for the
 //!   first one's fetch, then look again; if the leader failed or its response
@@ -77,8 +81,13 @@ const MAX_COALESCE_WAIT: Duration = Duration::from_secs(30);
 /// How long past its freshness an entry with a validator is kept for a
 /// conditional revalidation (never longer than its freshness lifetime).
 const MAX_REVALIDATE_KEEP: Duration = Duration::from_secs(3600);
-/// Primary keys whose `Vary` names a store remembers.
-const VARY_INDEX_ENTRIES: u64 = 65_536;
+/// Resources a store indexes, at least (else one per 512 bytes of `max_bytes`).
+const MIN_INDEX_ENTRIES: u64 = 4096;
+/// How long an invalidation by an unsafe method is remembered (for fills
+/// under way; the resource's index entry is gone by then).
+const INVALIDATION_MARK: Duration = Duration::from_secs(600);
+/// Invalidations remembered per store.
+const MAX_INVALIDATION_MARKS: usize = 65_536;
 /// Statuses cacheable by default (RFC 9110 §15.1), to which `ttl` applies.
 const HEURISTIC: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 /// Request fields that make a request conditional.
@@ -130,17 +139,27 @@ struct PrimaryKey {
     query: Option<Box<str>>,
 }
 
+/// What a store knows of a resource: the `Vary` names of its last stored
+/// response, and a version that changes when the resource is invalidated,
+/// so that no variant stored before can be found again.
+struct Index {
+    names: Box<[HeaderName]>,
+    version: u64,
+}
+
 /// One stored response.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ObjectKey {
     primary: PrimaryKey,
+    version: u64,
     /// The request's values of the fields the response's `Vary` names, in order.
     vary: Box<[Option<Box<[u8]>>]>,
 }
 
 impl ObjectKey {
-    fn new(primary: PrimaryKey, names: &[HeaderName], request: &HeaderMap) -> ObjectKey {
-        let vary = names
+    fn new(primary: PrimaryKey, index: &Index, request: &HeaderMap) -> ObjectKey {
+        let vary = index
+            .names
             .iter()
             .map(|name| {
                 let mut values = request.get_all(name).iter().peekable();
@@ -155,7 +174,11 @@ impl ObjectKey {
                 Some(joined.into_boxed_slice())
             })
             .collect();
-        ObjectKey { primary, vary }
+        ObjectKey {
+            primary,
+            version: index.version,
+            vary,
+        }
     }
 }
 
@@ -171,6 +194,8 @@ struct Entry {
     /// Until when it may be served stale while a refresh runs.
     stale_until: SystemTime,
     weight: u32,
+    /// When it was stored (or revalidated).
+    stored: Instant,
     /// A background refresh is running.
     refreshing: AtomicBool,
 }
@@ -209,8 +234,12 @@ impl moka::Expiry<ObjectKey, Arc<Entry>> for Keep {
 struct Store {
     config: CacheConfig,
     objects: moka::future::Cache<ObjectKey, Arc<Entry>>,
-    /// The `Vary` names of the last stored response of each resource.
-    vary: moka::future::Cache<PrimaryKey, Arc<[HeaderName]>>,
+    /// Each resource's [`Index`]; no index, no hit.
+    index: moka::future::Cache<PrimaryKey, Arc<Index>>,
+    versions: AtomicU64,
+    /// When each recently invalidated resource (`head: false`) was: an
+    /// entry stored, or a fill begun, before that is not used.
+    invalidated: Mutex<HashMap<PrimaryKey, Instant>>,
     /// Fetches in flight that concurrent misses may wait for.
     inflight: Mutex<HashMap<PrimaryKey, watch::Receiver<()>>>,
     /// Bumped by a purge: fills begun before it do not store.
@@ -226,14 +255,16 @@ impl Store {
             .expire_after(Keep)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
-        let vary = moka::future::Cache::builder()
-            .max_capacity(VARY_INDEX_ENTRIES)
-            .time_to_idle(MAX_REVALIDATE_KEEP)
+        let index = moka::future::Cache::builder()
+            .max_capacity((config.max_bytes / 512).max(MIN_INDEX_ENTRIES))
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Store {
             config: config.clone(),
             objects,
-            vary,
+            index,
+            versions: AtomicU64::new(0),
+            invalidated: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             object_limit: (config.max_bytes / 8).min(MAX_OBJECT),
@@ -241,9 +272,58 @@ impl Store {
     }
 
     async fn find(&self, primary: &PrimaryKey, request: &HeaderMap) -> Option<Arc<Entry>> {
-        let names = self.vary.get(primary).await;
-        let key = ObjectKey::new(primary.clone(), names.as_deref().unwrap_or(&[]), request);
-        self.objects.get(&key).await
+        let index = self.index.get(primary).await?;
+        let key = ObjectKey::new(primary.clone(), &index, request);
+        let entry = self.objects.get(&key).await?;
+        (!self.invalidated_since(primary, entry.stored)).then_some(entry)
+    }
+
+    /// Was `primary`'s resource invalidated at or after `t`?
+    fn invalidated_since(&self, primary: &PrimaryKey, t: Instant) -> bool {
+        let invalidated = self
+            .invalidated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if invalidated.is_empty() {
+            return false;
+        }
+        let resource = PrimaryKey {
+            head: false,
+            ..primary.clone()
+        };
+        invalidated.get(&resource).is_some_and(|at| *at >= t)
+    }
+
+    /// RFC 9111 §4.4: a successful unsafe request invalidates its target URI
+    /// (GET and HEAD, every variant). Takes effect at once for lookups and
+    /// fills under way; the index entries go in the background.
+    fn invalidate(self: &Arc<Self>, resource: PrimaryKey) {
+        let now = Instant::now();
+        {
+            let mut invalidated = self
+                .invalidated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if invalidated.len() >= MAX_INVALIDATION_MARKS {
+                invalidated.retain(|_, at| now.duration_since(*at) < INVALIDATION_MARK);
+            }
+            if invalidated.len() >= MAX_INVALIDATION_MARKS {
+                // Too many to remember: fail safe, no fill under way may store.
+                invalidated.clear();
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            invalidated.insert(resource.clone(), now);
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            for head in [false, true] {
+                let key = PrimaryKey {
+                    head,
+                    ..resource.clone()
+                };
+                store.index.invalidate(&key).await;
+            }
+        });
     }
 
     /// Lead the fetch of `primary`, or join the one in flight.
@@ -347,13 +427,13 @@ impl Caches {
                 }
             }
             let primaries: Vec<Arc<PrimaryKey>> = store
-                .vary
+                .index
                 .iter()
                 .filter(|(k, _)| k.path.starts_with(path_prefix))
                 .map(|(k, _)| k)
                 .collect();
             for key in primaries {
-                store.vary.invalidate(&*key).await;
+                store.index.invalidate(&*key).await;
             }
             store.objects.run_pending_tasks().await;
         }
@@ -418,6 +498,8 @@ pub enum Lookup {
 /// A request with the cache in mind, between [`lookup`] and [`tee`].
 pub struct Fill {
     miss: Option<Box<Miss>>,
+    /// An unsafe request: its target is invalidated on success.
+    invalidate: Option<(Arc<Store>, PrimaryKey)>,
 }
 
 /// A request that may store its response.
@@ -429,6 +511,8 @@ struct Miss {
     /// The stale entry a conditional request was sent to revalidate.
     revalidate: Option<Arc<Entry>>,
     epoch: u64,
+    /// When the lookup was made (an invalidation after it wins).
+    looked_up: Instant,
     lead: Option<Lead>,
 }
 
@@ -601,9 +685,14 @@ impl Miss {
         now: SystemTime,
     ) -> Entry {
         let ttl = policy.time_to_live(now);
-        let may_serve_stale = !["must-revalidate", "proxy-revalidate", "no-cache", "s-maxage"]
-            .iter()
-            .any(|d| has_directive(&headers, d));
+        let may_serve_stale = ![
+            "must-revalidate",
+            "proxy-revalidate",
+            "no-cache",
+            "s-maxage",
+        ]
+        .iter()
+        .any(|d| has_directive(&headers, d));
         let swr = if may_serve_stale {
             self.config().stale_while_revalidate
         } else {
@@ -622,6 +711,7 @@ impl Miss {
             policy,
             keep: ttl + swr.max(revalidate),
             stale_until: now + ttl + swr,
+            stored: Instant::now(),
             refreshing: AtomicBool::new(false),
         }
     }
@@ -629,17 +719,26 @@ impl Miss {
     /// Store `entry` in the background; followers wake once it is in.
     fn store(mut self, vary: Vec<HeaderName>, entry: Entry) {
         let lead = self.lead.take();
-        let key = ObjectKey::new(self.primary.clone(), &vary, &self.request.headers);
         tokio::spawn(async move {
             let store = &self.store;
-            if store.epoch.load(Ordering::SeqCst) == self.epoch
-                && u64::from(entry.weight) <= store.config.max_bytes
-            {
-                if vary.is_empty() {
-                    store.vary.invalidate(&self.primary).await;
-                } else {
-                    store.vary.insert(self.primary.clone(), vary.into()).await;
-                }
+            let current = store.epoch.load(Ordering::SeqCst) == self.epoch
+                && !store.invalidated_since(&self.primary, self.looked_up);
+            if current && u64::from(entry.weight) <= store.config.max_bytes {
+                let index = match store.index.get(&self.primary).await {
+                    Some(index) if *index.names == *vary => index,
+                    _ => {
+                        let index = Arc::new(Index {
+                            names: vary.into(),
+                            version: store.versions.fetch_add(1, Ordering::SeqCst),
+                        });
+                        store
+                            .index
+                            .insert(self.primary.clone(), index.clone())
+                            .await;
+                        index
+                    }
+                };
+                let key = ObjectKey::new(self.primary.clone(), &index, &self.request.headers);
                 store.objects.insert(key, Arc::new(entry)).await;
                 store.objects.run_pending_tasks().await;
             }
@@ -663,7 +762,14 @@ impl Miss {
         };
         let merged = merge_not_modified(&old.headers, headers);
         let vary = vary_names(&merged)?;
-        let policy = make_policy(self.config(), &self.request, old.status, &merged, &vary, now);
+        let policy = make_policy(
+            self.config(),
+            &self.request,
+            old.status,
+            &merged,
+            &vary,
+            now,
+        );
         let entry = self.entry(old.status, merged, old.body.clone(), policy, now);
         Some((vary, entry))
     }
@@ -686,11 +792,28 @@ pub async fn lookup(
     let Some(config) = config else {
         return Lookup::Go(None);
     };
-    let bypass = Lookup::Go(Some(Fill { miss: None }));
+    let store = shared.caches.store(generation, ask.tenant, config);
+    let resource = PrimaryKey {
+        tenant: ask.tenant.into(),
+        head: false,
+        host: ask.host.into(),
+        path: ask.path.into(),
+        query: ask.query.map(Into::into),
+    };
+    let bypass = Lookup::Go(Some(Fill {
+        miss: None,
+        invalidate: None,
+    }));
     let head = match parts.method {
         Method::GET => false,
         Method::HEAD => true,
-        _ => return bypass,
+        Method::OPTIONS | Method::TRACE => return bypass,
+        _ => {
+            return Lookup::Go(Some(Fill {
+                miss: None,
+                invalidate: Some((store, resource)),
+            }))
+        }
     };
     let authenticated = ask.authenticated || parts.headers.contains_key(AUTHORIZATION);
     if !ask.replayable
@@ -702,15 +825,9 @@ pub async fn lookup(
     let Some(request) = view(parts) else {
         return bypass;
     };
-    let store = shared.caches.store(generation, ask.tenant, config);
-    let primary = PrimaryKey {
-        tenant: ask.tenant.into(),
-        head,
-        host: ask.host.into(),
-        path: ask.path.into(),
-        query: ask.query.map(Into::into),
-    };
-    let asks_fresh = parts.headers.contains_key(CACHE_CONTROL) || parts.headers.contains_key(PRAGMA);
+    let primary = PrimaryKey { head, ..resource };
+    let asks_fresh =
+        parts.headers.contains_key(CACHE_CONTROL) || parts.headers.contains_key(PRAGMA);
     let wait = ask
         .timeouts
         .request
@@ -734,6 +851,7 @@ pub async fn lookup(
                                 request: request.clone(),
                                 revalidate: Some(entry.clone()),
                                 epoch: store.epoch.load(Ordering::SeqCst),
+                                looked_up: Instant::now(),
                                 lead: None,
                             };
                             tokio::spawn(refresh(
@@ -772,12 +890,14 @@ pub async fn lookup(
         return Lookup::Go(Some(Fill {
             miss: Some(Box::new(Miss {
                 epoch: store.epoch.load(Ordering::SeqCst),
+                looked_up: Instant::now(),
                 store,
                 primary,
                 request,
                 revalidate,
                 lead,
             })),
+            invalidate: None,
         }));
     }
 }
@@ -887,6 +1007,11 @@ pub fn tee<B: Body<Data = Bytes>>(
         return (parts, Tee::pass(body));
     };
     let Some(miss) = fill.miss else {
+        if let Some((store, resource)) = fill.invalidate {
+            if (200..400).contains(&parts.status.as_u16()) {
+                store.invalidate(resource);
+            }
+        }
         set_x_cache(&mut parts.headers, "BYPASS");
         return (parts, Tee::pass(body));
     };
@@ -1119,7 +1244,9 @@ async fn refresh_once(
         .map_err(|e| format!("{e:?}"))?;
     let target = lease.target;
     let req = http::Request::from_parts(upstream, crate::http::full(Bytes::new()));
-    let total = timeouts.request.unwrap_or(timeouts.first_byte + timeouts.idle);
+    let total = timeouts
+        .request
+        .unwrap_or(timeouts.first_byte + timeouts.idle);
     let sent = match tokio::time::timeout(total, group.send(target, req, timeouts.first_byte)).await
     {
         Ok(r) => r,
@@ -1127,8 +1254,7 @@ async fn refresh_once(
     };
     group.report(
         target,
-        sent.as_ref()
-            .is_ok_and(|r| r.status().as_u16() < 500),
+        sent.as_ref().is_ok_and(|r| r.status().as_u16() < 500),
     );
     let (mut parts, body) = sent.map_err(|e| format!("{e:?}"))?.into_parts();
     crate::headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -1207,8 +1333,8 @@ mod tests {
             Some(Duration::from_secs(7))
         );
         assert_eq!(ttl(404, &[]), Some(Duration::from_secs(60)));
-        // Not heuristically cacheable: only explicit freshness.
-        assert_eq!(ttl(302, &[]), Some(Duration::ZERO));
+        // Not heuristically cacheable: only with explicit freshness.
+        assert_eq!(ttl(302, &[]), None);
         assert_eq!(
             ttl(302, &[("cache-control", "max-age=9")]),
             Some(Duration::from_secs(9))
@@ -1216,7 +1342,10 @@ mod tests {
         assert_eq!(ttl(500, &[("cache-control", "max-age=9")]), None);
         assert_eq!(ttl(200, &[("cache-control", "no-store")]), None);
         assert_eq!(ttl(200, &[("cache-control", "private, max-age=9")]), None);
-        assert_eq!(ttl(200, &[("cache-control", "no-cache")]), Some(Duration::ZERO));
+        assert_eq!(
+            ttl(200, &[("cache-control", "no-cache")]),
+            Some(Duration::ZERO)
+        );
         assert_eq!(ttl(200, &[("vary", "*")]), None);
     }
 
@@ -1249,11 +1378,23 @@ mod tests {
             path: "/".into(),
             query: None,
         };
-        let names = vary_names(&response(&[("vary", "Accept-Language, accept-encoding")]))
-            .expect("names");
+        let names =
+            vary_names(&response(&[("vary", "Accept-Language, accept-encoding")])).expect("names");
         assert_eq!(names.len(), 2);
-        let en = ObjectKey::new(pk.clone(), &names, &request(&[("accept-language", "en")]).headers);
-        let de = ObjectKey::new(pk.clone(), &names, &request(&[("accept-language", "de")]).headers);
+        let names = Index {
+            names: names.into(),
+            version: 0,
+        };
+        let en = ObjectKey::new(
+            pk.clone(),
+            &names,
+            &request(&[("accept-language", "en")]).headers,
+        );
+        let de = ObjectKey::new(
+            pk.clone(),
+            &names,
+            &request(&[("accept-language", "de")]).headers,
+        );
         let none = ObjectKey::new(pk.clone(), &names, &request(&[]).headers);
         let en2 = ObjectKey::new(
             pk.clone(),
@@ -1261,6 +1402,19 @@ mod tests {
             &request(&[("accept-language", "en"), ("x-other", "1")]).headers,
         );
         assert_ne!(en, de);
+        let newer = Index {
+            names: names.names.clone(),
+            version: 1,
+        };
+        assert_ne!(
+            ObjectKey::new(
+                pk.clone(),
+                &newer,
+                &request(&[("accept-language", "en")]).headers
+            ),
+            en,
+            "an invalidated resource's variants are never found again"
+        );
         assert_ne!(en, none);
         assert_eq!(en, en2);
         let other_tenant = PrimaryKey {
@@ -1268,7 +1422,11 @@ mod tests {
             ..pk
         };
         assert_ne!(
-            ObjectKey::new(other_tenant, &names, &request(&[("accept-language", "en")]).headers),
+            ObjectKey::new(
+                other_tenant,
+                &names,
+                &request(&[("accept-language", "en")]).headers
+            ),
             en
         );
     }
@@ -1316,11 +1474,15 @@ mod tests {
             keep: Duration::from_secs(1),
             stale_until: now,
             weight: 1,
+            stored: Instant::now(),
             refreshing: AtomicBool::new(false),
         };
         let h = |k, v| request(&[(k, v)]).headers;
         assert!(client_not_modified(&entry, &h("if-none-match", "\"v1\"")));
-        assert!(client_not_modified(&entry, &h("if-none-match", "\"v0\", W/\"v1\"")));
+        assert!(client_not_modified(
+            &entry,
+            &h("if-none-match", "\"v0\", W/\"v1\"")
+        ));
         assert!(!client_not_modified(&entry, &h("if-none-match", "\"v2\"")));
         assert!(client_not_modified(
             &entry,
@@ -1330,6 +1492,9 @@ mod tests {
             &entry,
             &h("if-modified-since", "Mon, 31 Dec 2029 00:00:00 GMT")
         ));
-        assert!(!client_not_modified(&entry, &h("if-modified-since", "garbage")));
+        assert!(!client_not_modified(
+            &entry,
+            &h("if-modified-since", "garbage")
+        ));
     }
 }
