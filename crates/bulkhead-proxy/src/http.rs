@@ -529,6 +529,10 @@ async fn forward(
             Ok(lease) => lease,
             Err(e) => return upstream_failure(&conn, line, started, e),
         };
+        if attempt == 0 {
+            // Only the request itself earns retry budget, never its retries.
+            group.earn_retry_budget(policy.retries.as_ref().map(|r| r.budget_percent));
+        }
         if let Some((delay, percent)) = faults.as_ref().and_then(|f| f.delay) {
             if rand::random::<f64>() * 100.0 < percent {
                 tokio::time::sleep(delay).await;

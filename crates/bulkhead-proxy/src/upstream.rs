@@ -167,6 +167,19 @@ impl GroupRuntime {
         }
     }
 
+    /// A new request (not a retry: retries earning budget would let them
+    /// pay for more retries) earns its share of the group's retry budget:
+    /// `percent` is the request's effective `retries.budget_percent`, else
+    /// the group's own.
+    pub fn earn_retry_budget(&self, percent: Option<u32>) {
+        let earn = percent.map_or(self.retry_earn, |p| i64::from(p) * 10);
+        let _ = self
+            .retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + earn).min(RETRY_BURST))
+            });
+    }
+
     /// Spend one retry from the group's budget, if there is one left.
     pub fn take_retry_token(&self) -> bool {
         self.retry_tokens
@@ -252,12 +265,6 @@ impl GroupRuntime {
                 }
             },
         };
-        // Every request earns its share of the retry budget.
-        let _ = self
-            .retry_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some((t + self.retry_earn).min(RETRY_BURST))
-            });
         let random: u64 = rand::random();
         let hash = self.hash_key(&key);
         let Some(target) = self.balancer.pick(&self.targets, random, hash) else {
