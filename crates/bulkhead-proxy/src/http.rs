@@ -568,7 +568,10 @@ async fn forward(
         let retriable = match &sent {
             Ok(resp) => retry_on(resp.status().as_str()),
             Err(UpstreamError::Failed { connect: true, .. }) => retry_on("connect_error"),
-            Err(UpstreamError::Timeout(_)) => retry_on("timeout"),
+            Err(UpstreamError::Timeout(why)) => {
+                retry_on("timeout")
+                    || (*why == crate::upstream::CONNECT_TIMED_OUT && retry_on("connect_error"))
+            }
             Err(_) => false,
         };
         let more = retries.as_ref().is_some_and(|r| attempt < r.attempts);

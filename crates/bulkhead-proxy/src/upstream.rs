@@ -316,8 +316,10 @@ impl GroupRuntime {
             )),
             Ok(Err(e)) if e.is_connect() => {
                 let msg = format!("connect: {}", source_chain(&e));
-                if msg.contains("timed out") {
-                    Err(UpstreamError::Timeout("connect timed out"))
+                // hyper-util's connect timeout is an io::Error of kind
+                // TimedOut whose text is tokio's "deadline has elapsed".
+                if timed_out(&e) || msg.contains("timed out") {
+                    Err(UpstreamError::Timeout(CONNECT_TIMED_OUT))
                 } else {
                     Err(UpstreamError::Failed { msg, connect: true })
                 }
@@ -329,6 +331,25 @@ impl GroupRuntime {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// Why a connect that ran out of time failed ([`UpstreamError::Timeout`]):
+/// a 504, retried on `timeout` as well as on `connect_error` (nothing was sent).
+pub const CONNECT_TIMED_OUT: &str = "connect timed out";
+
+/// Does an io::Error of kind `TimedOut` sit anywhere in `e`'s source chain?
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
