@@ -584,10 +584,18 @@ fn check_auth(
         Auth::Jwt(_) if c.jwt_subject.is_none() && c.jwt_claims.is_none() => {
             Err((DecisionKind::Unauthorized, "a valid JWT is required"))
         }
+        Auth::Jwt(_) if !c.verified_by(auth) => Err((
+            DecisionKind::Unauthorized,
+            "the JWT was not accepted by this route's jwt config",
+        )),
         Auth::Jwt(_) => Ok(()),
         Auth::Basic { .. } if c.basic_user.is_none() => {
             Err((DecisionKind::Unauthorized, "basic credentials are required"))
         }
+        Auth::Basic { .. } if !c.verified_by(auth) => Err((
+            DecisionKind::Unauthorized,
+            "the basic credentials are not in this route's users file",
+        )),
         Auth::Basic { .. } => Ok(()),
         Auth::IpAllow(nets) if source.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))) => {
             Ok(())
@@ -659,6 +667,78 @@ mod tests {
         assert_eq!(split_target("*"), None);
         assert_eq!(split_target("acme.test:443"), None);
         assert_eq!(split_target("ftp://acme.test/"), None);
+    }
+
+    fn jwt(issuer: &str) -> Auth {
+        Auth::Jwt(bulkhead_config::JwtAuth {
+            jwks: "keys.json".into(),
+            issuer: Some(issuer.into()),
+            audience: None,
+            algorithms: vec!["RS256".into()],
+            leeway: std::time::Duration::from_secs(30),
+        })
+    }
+
+    #[test]
+    fn auth_offline_takes_facts_as_verified() {
+        let c = Credentials {
+            jwt_subject: Some("alice".into()),
+            basic_user: Some("bob".into()),
+            ..Credentials::default()
+        };
+        assert!(check_auth(&jwt("a"), None, &c).is_ok());
+        let basic = Auth::Basic {
+            users_file: "users".into(),
+        };
+        assert!(check_auth(&basic, None, &c).is_ok());
+        let none = Credentials::default();
+        assert!(check_auth(&jwt("a"), None, &none).is_err());
+        assert!(check_auth(&basic, None, &none).is_err());
+    }
+
+    #[test]
+    fn auth_on_the_data_plane_needs_the_routes_own_config() {
+        let (a, b) = (jwt("https://a.test"), jwt("https://b.test"));
+        let (ka, kb) = (
+            crate::auth_key(&a).expect("jwt key"),
+            crate::auth_key(&b).expect("jwt key"),
+        );
+        assert_ne!(ka, kb);
+        assert_eq!(crate::auth_key(&jwt("https://a.test")), Some(ka.clone()));
+        let c = Credentials {
+            jwt_subject: Some("alice".into()),
+            verified: Some(vec![ka]),
+            ..Credentials::default()
+        };
+        assert!(check_auth(&a, None, &c).is_ok());
+        let (kind, _) = check_auth(&b, None, &c).expect_err("another config");
+        assert_eq!(kind, DecisionKind::Unauthorized);
+
+        let (ua, ub) = (
+            Auth::Basic {
+                users_file: "a.users".into(),
+            },
+            Auth::Basic {
+                users_file: "b.users".into(),
+            },
+        );
+        let c = Credentials {
+            basic_user: Some("bob".into()),
+            verified: Some(vec![crate::auth_key(&ua).expect("basic key")]),
+            ..Credentials::default()
+        };
+        assert!(check_auth(&ua, None, &c).is_ok());
+        assert!(check_auth(&ub, None, &c).is_err());
+        // An empty list verifies nothing, whatever facts are set.
+        let c = Credentials {
+            jwt_subject: Some("alice".into()),
+            basic_user: Some("bob".into()),
+            verified: Some(Vec::new()),
+            ..Credentials::default()
+        };
+        assert!(check_auth(&a, None, &c).is_err());
+        assert!(check_auth(&ua, None, &c).is_err());
+        assert_eq!(crate::auth_key(&Auth::Mtls { required: true }), None);
     }
 
     #[test]

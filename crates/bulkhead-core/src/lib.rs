@@ -70,7 +70,7 @@ pub use decision::{
 pub use effective::EffectiveConfig;
 pub use graph::{Edge, EdgeView, GraphView};
 pub use request::{
-    Credentials, HeaderSource, HostHeader, HttpVersion, MatchFacts, NoHeaders, Request,
+    auth_key, Credentials, HeaderSource, HostHeader, HttpVersion, MatchFacts, NoHeaders, Request,
 };
 pub use snapshot::{
     GroupInfo, ListenerInfo, RouteAction, RouteInfo, ServiceInfo, Snapshot, TenantInfo, ZoneInfo,

@@ -2,6 +2,7 @@
 //! from the connection and the parsed request; the offline tools fill them
 //! from a test case or the command line. No I/O, no clocks.
 
+use bulkhead_config::Auth;
 use std::net::IpAddr;
 
 /// Read access to request headers, whatever holds them.
@@ -50,6 +51,45 @@ pub struct Credentials {
     pub basic_user: Option<String>,
     /// A service the caller is taken to be (test cases: `identity: billing`).
     pub assumed_service: Option<String>,
+    /// The `jwt` / `basic` auth configs that accepted this request's
+    /// credentials, by [`auth_key`]. `None` (the offline tools: `explain`,
+    /// `test`, `audit`) takes the JWT and basic facts above as verified by
+    /// whatever config a route asks for. The data plane gives `Some`, so a
+    /// token that one route's config accepts does not pass a route with a
+    /// different config (issuer, audience, JWKS), nor a user of one users
+    /// file a route using another.
+    pub verified: Option<Vec<String>>,
+}
+
+impl Credentials {
+    /// Did `auth` (a `jwt` or `basic` config) accept these credentials?
+    /// Always true when [`Credentials::verified`] is `None`.
+    pub fn verified_by(&self, auth: &Auth) -> bool {
+        match (&self.verified, auth_key(auth)) {
+            (None, _) => true,
+            (Some(keys), Some(key)) => keys.contains(&key),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// A stable key naming one `jwt` or `basic` auth config within a process:
+/// two routes get the same key exactly when their configs are identical
+/// (same JWKS file, issuer, audience, algorithms and leeway; same users
+/// file). `None` for `mtls` and `ip_allow`, which need no verifier.
+pub fn auth_key(auth: &Auth) -> Option<String> {
+    match auth {
+        Auth::Jwt(j) => Some(format!(
+            "jwt:{:?}|{:?}|{:?}|{:?}|{}",
+            j.jwks,
+            j.issuer,
+            j.audience,
+            j.algorithms,
+            j.leeway.as_millis()
+        )),
+        Auth::Basic { users_file } => Some(format!("basic:{users_file:?}")),
+        Auth::Mtls { .. } | Auth::IpAllow(_) => None,
+    }
 }
 
 /// Everything `decide()` looks at for one request.

@@ -16,6 +16,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod balance;
 mod body;
 pub mod cache;
@@ -61,6 +62,8 @@ pub struct Generation {
     pub config_hash: String,
     /// Rate limiters and concurrency budgets.
     pub policies: Arc<policy::Policies>,
+    /// JWT and basic-auth verifiers of its routes (auth.rs).
+    pub auth: Arc<auth::Verifiers>,
 }
 
 /// State shared by every connection.
@@ -145,6 +148,16 @@ pub enum StartError {
     /// The config asks for something this data plane does not do yet.
     #[error("{0}")]
     Unsupported(String),
+    /// A JWKS or users file of an `auth` could not be loaded.
+    #[error("{}", .0.join("\n"))]
+    Auth(Vec<String>),
+}
+
+/// The auth verifiers of a snapshot, or every load error as text.
+fn auth_verifiers(snapshot: &Snapshot) -> Result<Arc<auth::Verifiers>, Vec<String>> {
+    auth::Verifiers::build(snapshot)
+        .map(Arc::new)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
 /// A short, stable hash of a config's effective content (FNV-1a of the graph
@@ -250,6 +263,7 @@ impl Proxy {
     ) -> Result<Proxy, StartError> {
         check_supported(&snapshot)?;
         let tls = tls_configs(&snapshot).map_err(StartError::Listeners)?;
+        let auth = auth_verifiers(&snapshot).map_err(StartError::Auth)?;
         let mut sockets = Vec::new();
         let mut errors = Vec::new();
         for l in &snapshot.config.listeners {
@@ -270,6 +284,7 @@ impl Proxy {
             tls,
             config_hash,
             policies,
+            auth,
         };
         let health = spawn_health(&generation);
         let shared = Arc::new(Shared {
@@ -417,6 +432,10 @@ impl Proxy {
             Ok(t) => t,
             Err(errors) => return self.finish_reload(Err(errors)),
         };
+        let auth = match auth_verifiers(&snapshot) {
+            Ok(a) => a,
+            Err(errors) => return self.finish_reload(Err(errors)),
+        };
         let current: HashMap<String, SocketAddr> = self
             .lock_state()
             .listeners
@@ -462,6 +481,7 @@ impl Proxy {
             tls,
             config_hash,
             policies,
+            auth,
         };
         let health = spawn_health(&generation);
         self.shared.generation.store(Arc::new(generation));
