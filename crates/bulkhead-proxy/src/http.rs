@@ -217,20 +217,37 @@ pub async fn handle(
     let raw_host = host_text.map(str::to_string);
     let default_creds = Credentials::default();
     let creds = conn.tls.as_ref().map_or(&default_creds, |t| &t.credentials);
+    // auth.rs: what a Bearer token proves, added to the connection's
+    // credentials. The Authorization header itself is forwarded as is.
+    let proven = generation.auth.credentials(req.headers(), creds);
+    let creds = proven.as_ref().unwrap_or(creds);
     let header_source = HeaderMapSource(req.headers());
-    let decision = snap.decide(&Request {
-        listener: &conn.listener,
-        source: Some(conn.peer.ip()),
-        sni: conn.tls.as_ref().and_then(|t| t.sni.as_deref()),
-        version,
-        method: req.method().as_str(),
-        target: &target,
-        host,
-        headers: &header_source,
-        credentials: creds,
-        pick: rand::random(),
-        trace: false,
-    });
+    let pick = rand::random();
+    let decide = |credentials| {
+        snap.decide(&Request {
+            listener: &conn.listener,
+            source: Some(conn.peer.ip()),
+            sni: conn.tls.as_ref().and_then(|t| t.sni.as_deref()),
+            version,
+            method: req.method().as_str(),
+            target: &target,
+            host,
+            headers: &header_source,
+            credentials,
+            pick,
+            trace: false,
+        })
+    };
+    let mut decision = decide(creds);
+    // auth.rs: a 401 of a `basic` route checks the password against that
+    // route's users file (only then: hashes are slow), and decides again.
+    let with_user = generation
+        .auth
+        .basic(snap, &decision, req.headers(), creds)
+        .await;
+    if let Some(c) = &with_user {
+        decision = decide(c);
+    }
     fill_line(&mut line, snap, &decision);
     let plan = Plan::of(&decision);
     let (answer, kind) = (decision.answer, decision.kind);
