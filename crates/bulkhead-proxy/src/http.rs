@@ -576,7 +576,16 @@ async fn forward(
             Err(UpstreamError::Unavailable(_)) => false,
             Err(_) => true,
         };
-        group.report(target, !failed);
+        // A client body that broke the exchange (cut short, over
+        // max_body_bytes) says nothing about the target: no outlier count.
+        let client_fault = sent.is_err()
+            && (client_body_failed.load(Ordering::Relaxed)
+                || limits
+                    .max_body_bytes
+                    .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max));
+        if !client_fault {
+            group.report(target, !failed);
+        }
         let retry_on = |what: &str| {
             retries
                 .as_ref()

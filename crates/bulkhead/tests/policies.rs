@@ -846,6 +846,82 @@ tenants:
     drop(h);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_body_breaks_does_not_count_against_the_target() {
+    let _shared = MEASURING.read().await;
+    let t1 = pol_backend("t1", 200, Duration::ZERO).await;
+    let t2 = pol_backend("t2", 200, Duration::ZERO).await;
+    let yaml = fill(
+        r#"${base}
+listeners:
+  web: { bind: "127.0.0.1:0", zone: edge, protocol: http, limits: { max_body_bytes: 10 } }
+tenants:
+  a:
+    hosts: [a.test]
+    target_groups:
+      app:
+        zone: edge
+        targets: ["${t1}", "${t2}"]
+        outlier: { consecutive_errors: 2, base_ejection: 10s, max_ejection_percent: 50 }
+    routes: [{ name: app, match: { path_prefix: / }, forward: app }]
+"#,
+        &[
+            ("base", BASE.into()),
+            ("t1", t1.addr().to_string()),
+            ("t2", t2.addr().to_string()),
+        ],
+    );
+    let h = Harness::start(tempdir(), &yaml).await;
+    let addr = h.addr("web");
+    // A chunked body over max_body_bytes is found out while it streams to
+    // the target: the client gets 413, and the target did nothing wrong.
+    let big = "x".repeat(100);
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n{big}\r\n0\r\n\r\n"
+    );
+    for i in 0..4 {
+        let ex = common::sec_raw(addr, request.as_bytes()).await;
+        let status = ex.responses.first().map(|r| r.status);
+        assert_eq!(
+            status,
+            Some(413),
+            "upload {i}: {:?}",
+            String::from_utf8_lossy(&ex.raw)
+        );
+    }
+    // So is a body cut short: the client stops after 5 of its 8 bytes.
+    for i in 0..4 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"PUT /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 8\r\n\r\nabcde")
+            .await
+            .expect("write");
+        sleep(Duration::from_millis(50)).await;
+        s.shutdown().await.expect("half-close");
+        let raw = read_until_closed(&mut s).await;
+        let head = String::from_utf8_lossy(&raw);
+        assert!(
+            head.is_empty() || head.starts_with("HTTP/1.1 400"),
+            "cut upload {i}: {head:?}"
+        );
+    }
+    // Both targets still take their share.
+    let mut c = KeepAlive::connect(addr).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let r = c.get("a.test", "/", &[]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        *seen
+            .entry(r.header("x-backend").unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "no target was ejected for a client's broken body: {seen:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. concurrency budgets
 
