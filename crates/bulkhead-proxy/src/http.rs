@@ -441,6 +441,16 @@ async fn forward(
     for name in &zone.strip_headers {
         parts.headers.remove(name.as_str());
     }
+    // The route's header edits come before the headers the proxy owns, so
+    // configuration can never forge forwarding or identity headers.
+    if let Some(edits) = &policy.headers {
+        for name in &edits.request_remove {
+            parts.headers.remove(name.as_str());
+        }
+        for (name, value) in &edits.request_set {
+            headers::set(&mut parts.headers, name, value);
+        }
+    }
     let host_value = raw_host.unwrap_or_else(|| d.host.as_deref().unwrap_or_default().to_string());
     if let Some(name) = &snap.group_config(gid).identity_header {
         parts.headers.remove(name.as_str());
@@ -490,14 +500,6 @@ async fn forward(
         Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
         None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
     };
-    if let Some(edits) = &policy.headers {
-        for name in &edits.request_remove {
-            parts.headers.remove(name.as_str());
-        }
-        for (name, value) in &edits.request_set {
-            headers::set(&mut parts.headers, name, value);
-        }
-    }
     // Cache (cache.rs): a stored response answers here; a miss may fill the cache.
     let cache_fill = match crate::cache::lookup(
         &conn.shared,

@@ -353,7 +353,7 @@ tenants:
         match: { path_prefix: /edited }
         forward: app
         headers:
-          request: { set: { x-env: prod }, remove: [x-debug] }
+          request: { set: { x-env: prod, x-forwarded-for: 6.6.6.6 }, remove: [x-debug, x-real-ip] }
           response: { set: { x-frame-options: DENY }, remove: [server] }
       - { name: plain, match: { path_prefix: / }, forward: app }
 "#,
@@ -369,6 +369,9 @@ tenants:
     assert_eq!(r.echoed("x-env"), Some("prod"), "{}", r.body);
     assert_eq!(r.echoed("x-debug"), None, "{}", r.body);
     assert_eq!(r.echoed("x-other"), Some("kept"), "{}", r.body);
+    // Edits can never forge or remove the headers the proxy owns.
+    assert_eq!(r.echoed("x-forwarded-for"), Some("127.0.0.1"), "{}", r.body);
+    assert_eq!(r.echoed("x-real-ip"), Some("127.0.0.1"), "{}", r.body);
     // At the client.
     assert_eq!(r.header("x-frame-options"), Some("DENY"), "{r:?}");
     assert_eq!(
