@@ -169,8 +169,8 @@ def nginx_conf(tenants=1, routes=1):
             locs = "".join(f"location /r{j}/ {{ proxy_pass http://app; }}\n" for j in range(routes))
             servers += f"server {{ listen 127.0.0.1:{http}; server_name t{i}.bench.test; {locs} }}\n"
     return write("nginx.conf", f"""
-worker_processes 1; pid {WORK}/nginx.pid; error_log {WORK}/nginx-error.log; worker_rlimit_nofile 100000;
-events {{ worker_connections 50000; }}
+worker_processes 1; pid {WORK}/nginx.pid; error_log {WORK}/nginx-error.log; worker_rlimit_nofile 19000;
+events {{ worker_connections 9000; }}
 http {{
   access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   server_names_hash_bucket_size 128; server_names_hash_max_size 16384;
@@ -196,7 +196,7 @@ def haproxy_conf(tenants=1, routes=1):
     return write("haproxy.cfg", f"""
 global
   nbthread 1
-  maxconn 50000
+  maxconn 9000
   pidfile {WORK}/haproxy.pid
 defaults
   mode http

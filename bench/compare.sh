@@ -21,6 +21,6 @@ fi
 # The Debian packages start system-wide services: keep them out of the way.
 service nginx stop >/dev/null 2>&1 || true
 service haproxy stop >/dev/null 2>&1 || true
-ulimit -n 100000 2>/dev/null || ulimit -n 65536 2>/dev/null || true
-cargo build --release -p bulkhead >/dev/null
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --quiet --release -p bulkhead
 exec python3 bench/compare.py "$@"

@@ -25,11 +25,19 @@ pub fn init_tracing() {
 }
 
 /// Build the runtime with the config's `workers` (default: one per core).
+/// One worker gets tokio's current-thread scheduler: everything runs on the
+/// one thread with no work-stealing bookkeeping (measured faster, see
+/// docs/benchmarks.md); more workers get the multi-thread scheduler.
 pub fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .thread_name("bulkhead-worker")
