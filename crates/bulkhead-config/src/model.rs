@@ -416,7 +416,7 @@ pub struct Outlier {
 }
 
 /// Protocol towards targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 (default).
     H1,

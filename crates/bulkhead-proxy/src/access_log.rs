@@ -26,8 +26,8 @@ pub struct TlsInfo {
 /// One access-log line; fields that do not apply are `null`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LogLine {
-    /// RFC 3339 time the request started.
-    pub ts: String,
+    /// RFC 3339 time the request started (formatted by the writer thread).
+    pub ts: Timestamp,
     /// Listener name.
     pub listener: Option<String>,
     /// Listener zone.
@@ -68,6 +68,44 @@ pub struct LogLine {
     pub tls: Option<TlsInfo>,
     /// Request id.
     pub request_id: Option<String>,
+}
+
+/// When a request started. Kept as a `SystemTime` on the hot path and
+/// formatted (RFC 3339, milliseconds) only when the line is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Timestamp {
+    /// A time.
+    At(SystemTime),
+    /// An already formatted time (tests, replays).
+    Text(String),
+}
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Self {
+        Timestamp::At(SystemTime::now())
+    }
+}
+
+impl Default for Timestamp {
+    fn default() -> Self {
+        Timestamp::At(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl From<&str> for Timestamp {
+    fn from(s: &str) -> Self {
+        Timestamp::Text(s.to_string())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Timestamp::At(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+            Timestamp::Text(t) => s.serialize_str(t),
+        }
+    }
 }
 
 /// RFC 3339 timestamp with milliseconds.

@@ -2,7 +2,7 @@
 //! core's `decide()`, then either a local answer or the upstream exchange —
 //! and exactly one access-log line either way.
 
-use crate::access_log::{timestamp, LogLine};
+use crate::access_log::LogLine;
 use crate::body::{Counted, LogGuard, Logged};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
@@ -25,7 +25,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// Facts of a TLS connection.
 #[derive(Clone, Debug, Default)]
@@ -136,7 +136,7 @@ pub async fn handle(
     let generation = conn.shared.generation.load_full();
     let snap = &generation.snapshot;
     let mut line = LogLine {
-        ts: timestamp(SystemTime::now()),
+        ts: crate::access_log::Timestamp::now(),
         listener: Some(conn.listener.to_string()),
         client: Some(conn.peer.to_string()),
         method: Some(req.method().as_str().to_string()),
@@ -470,14 +470,13 @@ async fn forward(
     );
     headers::set(&mut parts.headers, "host", &host_value);
     let path = d.path.as_deref().unwrap_or("/");
-    // The authority is the client's Host (h2 needs `:authority` to match it);
-    // the target's pool decides where the connection goes.
+    // HTTP/2 needs `:authority` to match Host, so h2 groups send the client's
+    // Host; HTTP/1.1 sends Host as a header, and a fixed authority keeps one
+    // pool bucket per target (hyper pools by authority) whatever the Host.
+    let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
     let authority = match host_value.parse::<http::uri::Authority>() {
-        Ok(a) => a.to_string(),
-        Err(_) => group
-            .targets
-            .first()
-            .map_or_else(|| "localhost".to_string(), |t| t.address.clone()),
+        Ok(a) if h2 => a.to_string(),
+        _ => "upstream".to_string(),
     };
     let uri = match &d.query {
         Some(q) => format!("http://{authority}{path}?{q}"),

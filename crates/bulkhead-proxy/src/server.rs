@@ -3,7 +3,7 @@
 //! HTTP/1.1 + HTTP/2 connection with the listener's limits — or the TCP
 //! splice for tcp / tls-passthrough listeners. Connections drain on shutdown.
 
-use crate::access_log::{timestamp, LogLine, TlsInfo};
+use crate::access_log::{LogLine, TlsInfo};
 use crate::http::{handle, Conn, TlsFacts};
 use crate::timers::{ConnTimers, TimedIo, Verdict};
 use crate::{stream, Shared};
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
@@ -370,7 +370,7 @@ fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine
             .clone()
     });
     LogLine {
-        ts: timestamp(SystemTime::now()),
+        ts: crate::access_log::Timestamp::now(),
         listener: Some(listener.to_string()),
         zone,
         client: Some(peer.to_string()),

@@ -3,14 +3,14 @@
 //! SNI, flow, access list), then splice bytes both ways. One access-log
 //! line per connection, written when it closes.
 
-use crate::access_log::{timestamp, LogLine, TlsInfo};
+use crate::access_log::{LogLine, TlsInfo};
 use crate::client_hello::{self, Hello};
 use crate::upstream::{elapsed_ms, HashKey};
 use crate::Shared;
 use bulkhead_core::{Credentials, DecisionKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,7 +27,7 @@ pub async fn serve(
     let generation = shared.generation.load_full();
     let snap = &generation.snapshot;
     let mut line = LogLine {
-        ts: timestamp(SystemTime::now()),
+        ts: crate::access_log::Timestamp::now(),
         listener: Some(listener.to_string()),
         client: Some(peer.to_string()),
         ..LogLine::default()

@@ -97,7 +97,7 @@ impl GroupRuntime {
     /// Build a group; the live state (health, drain, in-flight, ejection) of
     /// targets that `previous` already had is carried over, and so are their
     /// pools when the pool settings did not change.
-    fn new(cfg: &TargetGroup, previous: Option<&GroupRuntime>) -> Self {
+    fn new(cfg: &TargetGroup, previous: Option<&GroupRuntime>, pools: &mut Pools) -> Self {
         let timeouts = cfg.policy.timeouts.clone().unwrap_or_default();
         let pool_key = (cfg.protocol, timeouts.connect, timeouts.idle);
         let same_pools = previous.is_some_and(|p| p.pool_key == pool_key);
@@ -126,14 +126,21 @@ impl GroupRuntime {
         for t in &cfg.targets {
             let address = t.address.value.clone();
             let (live, client) = carried(&address).unwrap_or_default();
-            let client = client.unwrap_or_else(|| {
-                let target = format!("http://{address}").parse().unwrap_or_default();
-                let connector = TargetConnector {
-                    inner: connector.clone(),
-                    target,
-                };
-                builder.build(connector)
-            });
+            // One pool per target address and pool settings, shared by every
+            // group that sends there: connections to one backend are reused
+            // whichever tenant's request they carry.
+            let client = pools
+                .entry((address.clone(), pool_key))
+                .or_insert_with(|| {
+                    client.unwrap_or_else(|| {
+                        let target = format!("http://{address}").parse().unwrap_or_default();
+                        builder.build(TargetConnector {
+                            inner: connector.clone(),
+                            target,
+                        })
+                    })
+                })
+                .clone();
             targets.push(TargetState::with_live(address, t.weight, live));
             clients.push(client);
         }
@@ -371,6 +378,12 @@ pub struct HashKey<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+/// Pools by (target address, pool settings).
+type Pools = std::collections::HashMap<
+    (String, (UpstreamProtocol, Duration, Duration)),
+    Client<TargetConnector, ProxyBody>,
+>;
+
 /// Every group of a snapshot, indexed by [`GroupId`].
 pub struct Upstreams {
     groups: Vec<Arc<GroupRuntime>>,
@@ -380,11 +393,13 @@ impl Upstreams {
     /// Build the runtime of every group of `snapshot`, carrying over the
     /// targets `previous` already had (health, drain, pools).
     pub fn new(snapshot: &Snapshot, previous: Option<&Upstreams>) -> Self {
+        let mut pools = Pools::new();
         let groups = (0..snapshot.groups.len() as GroupId)
             .map(|id| {
                 let name = &snapshot.groups[id as usize].full_name;
                 let before = previous.and_then(|p| p.by_name(name));
-                let mut g = GroupRuntime::new(snapshot.group_config(id), before.map(|g| &**g));
+                let mut g =
+                    GroupRuntime::new(snapshot.group_config(id), before.map(|g| &**g), &mut pools);
                 g.full_name = snapshot.groups[id as usize].full_name.clone();
                 Arc::new(g)
             })
