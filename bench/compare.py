@@ -114,7 +114,7 @@ with open(os.path.join(WORK, "www", "1m"), "wb") as f:
 
 # --- the backend: nginx answering a small fixed 200, and /1m ---
 backend_conf = write("backend.conf", f"""
-worker_processes 1; pid {WORK}/backend.pid; error_log {WORK}/backend-error.log;
+worker_processes 1; user root; pid {WORK}/backend.pid; error_log {WORK}/backend-error.log;
 events {{ worker_connections 20000; }}
 http {{
   access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
