@@ -214,40 +214,39 @@ impl Metrics {
             out.clear();
         }
         let groups = generation.upstreams.all();
-        let _ = writeln!(out, "# HELP bulkhead_target_healthy Target passes its health checks (1) or not (0).\n# TYPE bulkhead_target_healthy gauge");
-        for g in groups {
-            for t in &g.targets {
-                let _ = writeln!(
-                    out,
-                    "bulkhead_target_healthy{{group=\"{}\",target=\"{}\"}} {}",
-                    g.full_name,
-                    t.address,
-                    u8::from(t.healthy.load(Ordering::Relaxed))
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP bulkhead_target_drained Target drained by an operator (1) or not (0).\n# TYPE bulkhead_target_drained gauge");
-        for g in groups {
-            for t in &g.targets {
-                let _ = writeln!(
-                    out,
-                    "bulkhead_target_drained{{group=\"{}\",target=\"{}\"}} {}",
-                    g.full_name,
-                    t.address,
-                    u8::from(t.drained.load(Ordering::Relaxed))
-                );
-            }
-        }
-        let _ = writeln!(out, "# HELP bulkhead_target_in_flight Requests in flight to the target.\n# TYPE bulkhead_target_in_flight gauge");
-        for g in groups {
-            for t in &g.targets {
-                let _ = writeln!(
-                    out,
-                    "bulkhead_target_in_flight{{group=\"{}\",target=\"{}\"}} {}",
-                    g.full_name,
-                    t.address,
-                    t.in_flight.load(Ordering::Relaxed)
-                );
+        use crate::balance::TargetState;
+        let gauges: [(&str, &str, fn(&TargetState) -> u64); 3] = [
+            (
+                "target_healthy",
+                "Target passes its health checks (1) or not (0).",
+                |t| u64::from(t.healthy.load(Ordering::Relaxed)),
+            ),
+            (
+                "target_drained",
+                "Target drained by an operator (1) or not (0).",
+                |t| u64::from(t.drained.load(Ordering::Relaxed)),
+            ),
+            (
+                "target_in_flight",
+                "Requests in flight to the target.",
+                |t| t.in_flight.load(Ordering::Relaxed) as u64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP bulkhead_{name} {help}\n# TYPE bulkhead_{name} gauge"
+            );
+            for g in groups {
+                for t in &g.targets {
+                    let _ = writeln!(
+                        out,
+                        "bulkhead_{name}{{group=\"{}\",target=\"{}\"}} {}",
+                        g.full_name,
+                        t.address,
+                        value(t)
+                    );
+                }
             }
         }
         let _ = writeln!(out, "# HELP bulkhead_group_in_flight Requests in flight to the group (its max_requests bulkhead).\n# TYPE bulkhead_group_in_flight gauge");
