@@ -66,6 +66,13 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// A per-target gauge rendered at scrape time: name, help, value.
+type TargetGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::balance::TargetState) -> u64,
+);
+
 /// All metrics of one proxy.
 pub struct Metrics {
     registry: Registry,
@@ -214,8 +221,7 @@ impl Metrics {
             out.clear();
         }
         let groups = generation.upstreams.all();
-        use crate::balance::TargetState;
-        let gauges: [(&str, &str, fn(&TargetState) -> u64); 3] = [
+        let gauges: [TargetGauge; 3] = [
             (
                 "target_healthy",
                 "Target passes its health checks (1) or not (0).",
