@@ -152,7 +152,8 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The files whose change triggers a reload: the config and every certificate, key and CA it names.
+/// The files whose change triggers a reload: the config and every
+/// certificate, key, CA, JWKS and users file it names.
 fn watched_files(proxy: &Proxy, config: &Path) -> Vec<PathBuf> {
     let g = proxy.shared().generation.load();
     let mut files = vec![config.to_path_buf()];
@@ -170,6 +171,22 @@ fn watched_files(proxy: &Proxy, config: &Path) -> Vec<PathBuf> {
             files.push(ca.ca.value.clone());
         }
     }
+    // The JWKS and users files of every auth policy (profiles and inline on routes).
+    let cfg = &g.snapshot.config;
+    let policies = cfg.profiles.iter().map(|p| &p.policy).chain(
+        cfg.tenants
+            .iter()
+            .flat_map(|t| t.routes.iter().map(|r| &r.policy)),
+    );
+    for policy in policies {
+        match &policy.auth {
+            Some(bulkhead_config::Auth::Jwt(jwt)) => files.push(jwt.jwks.clone()),
+            Some(bulkhead_config::Auth::Basic { users_file }) => files.push(users_file.clone()),
+            _ => {}
+        }
+    }
+    files.sort();
+    files.dedup();
     files
         .iter()
         .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
