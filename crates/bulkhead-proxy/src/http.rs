@@ -471,12 +471,13 @@ async fn forward(
     headers::set(&mut parts.headers, "host", &host_value);
     let path = d.path.as_deref().unwrap_or("/");
     // HTTP/2 needs `:authority` to match Host, so h2 groups send the client's
-    // Host; HTTP/1.1 sends Host as a header, and a fixed authority keeps one
-    // pool bucket per target (hyper pools by authority) whatever the Host.
+    // Host; HTTP/1.1 sends Host as a header, and its authority carries the
+    // connect timeout instead (see `TargetConnector`): one pool bucket per
+    // target and timeout, whatever the Host.
     let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
     let authority = match host_value.parse::<http::uri::Authority>() {
         Ok(a) if h2 => a.to_string(),
-        _ => "upstream".to_string(),
+        _ => crate::upstream::connect_authority(timeouts.connect),
     };
     let uri = match &d.query {
         Some(q) => format!("http://{authority}{path}?{q}"),

@@ -111,7 +111,7 @@ impl GroupRuntime {
         };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeouts.connect));
+        // The connect timeout is applied by `TargetConnector`, per request.
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -137,6 +137,7 @@ impl GroupRuntime {
                         builder.build(TargetConnector {
                             inner: connector.clone(),
                             target,
+                            default_connect: timeouts.connect,
                         })
                     })
                 })
@@ -429,10 +430,33 @@ pub fn elapsed_ms(start: Instant) -> f64 {
 }
 
 /// A connector that always dials one target, whatever the request's URI says.
+///
+/// The URI's authority only carries the connect timeout: HTTP/1.1 requests
+/// are sent with the authority [`connect_authority`] (`c200.upstream` for
+/// 200 ms), so a route's or profile's `timeouts.connect` bounds the TCP
+/// connect, and hyper's pool (which buckets by authority) keeps one bucket
+/// per target and timeout. Other authorities (HTTP/2 requests carry the
+/// client's Host; health checks the target's address) get the group's timeout.
 #[derive(Clone)]
 pub struct TargetConnector {
     inner: HttpConnector,
     target: http::Uri,
+    default_connect: Duration,
+}
+
+/// The authority of an HTTP/1.1 upstream request whose connect must finish within `connect`.
+pub fn connect_authority(connect: Duration) -> String {
+    format!("c{}.upstream", connect.as_millis())
+}
+
+fn connect_timeout_of(uri: &http::Uri) -> Option<Duration> {
+    let ms = uri
+        .host()?
+        .strip_suffix(".upstream")?
+        .strip_prefix('c')?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 type Connecting = std::pin::Pin<
@@ -455,8 +479,32 @@ impl tower_service::Service<http::Uri> for TargetConnector {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, _uri: http::Uri) -> Connecting {
+    fn call(&mut self, uri: http::Uri) -> Connecting {
+        let limit = connect_timeout_of(&uri).unwrap_or(self.default_connect);
         let connecting = self.inner.call(self.target.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeouts_travel_in_the_authority() {
+        let uri: http::Uri = format!("http://{}/x", connect_authority(Duration::from_millis(200)))
+            .parse()
+            .expect("uri");
+        assert_eq!(connect_timeout_of(&uri), Some(Duration::from_millis(200)));
+        let other: http::Uri = "http://acme.test/x".parse().expect("uri");
+        assert_eq!(connect_timeout_of(&other), None);
     }
 }

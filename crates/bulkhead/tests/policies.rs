@@ -618,7 +618,6 @@ tenants:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a route's or profile's timeouts.connect (realtime: 200ms) does not bound the TCP connect, only the wait for a connection slot; the connect timeout is the group's (its pools are built with it), so realtime waits for its 2 s request timeout"]
 async fn realtime_connect_timeout_bounds_a_hanging_connect() {
     let _shared = MEASURING.read().await;
     let hanging = pol_hanging_target().await;
