@@ -94,16 +94,11 @@ pub(crate) fn check_splits(cx: &Collector, s: &Snapshot) {
 
 /// Check every invariant of the config on the graph.
 pub(crate) fn check(cx: &Collector, s: &Snapshot) {
-    let zone = |name: &str| {
-        s.zones
-            .iter()
-            .position(|z| z.name == name)
-            .map(|i| i as u32)
-    };
     for inv in &s.config.invariants {
         match inv {
             Invariant::Never { pos, from, to } => {
-                let (Some(from_id), Some(to_id)) = (zone(&from.value), zone(&to.value)) else {
+                let (Some(from_id), Some(to_id)) = (s.zone_id(&from.value), s.zone_id(&to.value))
+                else {
                     continue;
                 };
                 for e in s.edges.iter().filter(|e| e.allowed) {
@@ -138,7 +133,9 @@ pub(crate) fn check(cx: &Collector, s: &Snapshot) {
                 tenants_isolated(cx, s, *pos, *strict);
             }
             Invariant::Require { pos, zone: z, auth } => {
-                let Some(zid) = zone(&z.value) else { continue };
+                let Some(zid) = s.zone_id(&z.value) else {
+                    continue;
+                };
                 for e in s
                     .edges
                     .iter()

@@ -98,18 +98,14 @@ fn unused_flows(s: &Snapshot, out: &mut Vec<Lint>) {
             )
         })
         .collect();
-    let zone = |name: &str| {
-        s.zones
-            .iter()
-            .position(|z| z.name == name)
-            .map(|i| i as u32)
-    };
     for f in &s.config.flows {
-        let Some(from) = zone(&f.from.value) else {
+        let Some(from) = s.zone_id(&f.from.value) else {
             continue;
         };
         for to in &f.to {
-            if zone(&to.value).is_some_and(|to_id| !used.contains(&(from, to_id))) {
+            if s.zone_id(&to.value)
+                .is_some_and(|to_id| !used.contains(&(from, to_id)))
+            {
                 out.push(Lint {
                     pos: to.pos,
                     message: format!(

@@ -193,6 +193,14 @@ impl Snapshot {
         self.listener_ids.get(name).copied()
     }
 
+    /// The id of a zone by name.
+    pub fn zone_id(&self, name: &str) -> Option<ZoneId> {
+        self.zones
+            .iter()
+            .position(|z| z.name == name)
+            .map(|i| i as ZoneId)
+    }
+
     /// True when a flow allows listener zone `from` to reach group zone `to`.
     pub fn flow_allows(&self, from: ZoneId, to: ZoneId) -> bool {
         self.flows[from as usize * self.zones.len() + to as usize]

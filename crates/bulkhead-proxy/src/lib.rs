@@ -66,6 +66,31 @@ pub struct Generation {
     pub auth: Arc<auth::Verifiers>,
 }
 
+impl Generation {
+    /// Assemble a generation; with `previous`, targets keep their pools and
+    /// live state and budgets keep their counters (DESIGN §7 reload).
+    fn build(
+        snapshot: Arc<Snapshot>,
+        tls: HashMap<String, Arc<rustls::ServerConfig>>,
+        auth: Arc<auth::Verifiers>,
+        previous: Option<&Generation>,
+    ) -> Generation {
+        let upstreams = Arc::new(Upstreams::new(&snapshot, previous.map(|p| &*p.upstreams)));
+        let policies = Arc::new(policy::Policies::new(
+            &snapshot,
+            previous.map(|p| (&*p.snapshot, &*p.policies)),
+        ));
+        Generation {
+            config_hash: config_hash(&snapshot),
+            snapshot,
+            upstreams,
+            tls,
+            policies,
+            auth,
+        }
+    }
+}
+
 /// State shared by every connection.
 pub struct Shared {
     /// The generation serving new requests.
@@ -275,17 +300,7 @@ impl Proxy {
         if !errors.is_empty() {
             return Err(StartError::Listeners(errors));
         }
-        let upstreams = Arc::new(Upstreams::new(&snapshot, None));
-        let config_hash = config_hash(&snapshot);
-        let policies = Arc::new(policy::Policies::new(&snapshot, None));
-        let generation = Generation {
-            snapshot,
-            upstreams,
-            tls,
-            config_hash,
-            policies,
-            auth,
-        };
+        let generation = Generation::build(snapshot, tls, auth, None);
         let health = spawn_health(&generation);
         let shared = Arc::new(Shared {
             generation: ArcSwap::from_pointee(generation),
@@ -469,20 +484,7 @@ impl Proxy {
             return self.finish_reload(Err(errors));
         }
         let previous = self.shared.generation.load_full();
-        let upstreams = Arc::new(Upstreams::new(&snapshot, Some(&previous.upstreams)));
-        let config_hash = config_hash(&snapshot);
-        let policies = Arc::new(policy::Policies::new(
-            &snapshot,
-            Some((&previous.snapshot, &previous.policies)),
-        ));
-        let generation = Generation {
-            snapshot,
-            upstreams,
-            tls,
-            config_hash,
-            policies,
-            auth,
-        };
+        let generation = Generation::build(snapshot, tls, auth, Some(&previous));
         let health = spawn_health(&generation);
         self.shared.generation.store(Arc::new(generation));
 
