@@ -3,62 +3,78 @@
 //! (untrusted zones) or appended to (trusted zones), the zone's
 //! `strip_headers` are dropped, and the group's `identity_header` is set.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use std::net::SocketAddr;
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Hop-by-hop headers, never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Forwarding headers a client may not forge in an untrusted zone.
-const FORWARDING: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "forwarded",
-    "x-real-ip",
-    "x-request-id",
+const FORWARDING: [HeaderName; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    FORWARDED,
+    X_REAL_IP,
+    X_REQUEST_ID,
 ];
 
 /// Headers the proxy sets itself; `Connection` may never remove them.
-const PROXY_SET: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-real-ip",
-    "x-request-id",
-    "host",
+const PROXY_SET: [HeaderName; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    FORWARDED,
+    X_REAL_IP,
+    X_REQUEST_ID,
+    HOST,
 ];
 
 /// Remove hop-by-hop headers and those named in `Connection`. When
 /// `keep_upgrade` is set (a WebSocket handshake), `Connection: upgrade` and
 /// `Upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names decides that.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !PROXY_SET.contains(&name.as_str()))
+        .filter(|name| !PROXY_SET.contains(name))
         .collect();
     let upgrade = headers.get(UPGRADE).cloned();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if keep_upgrade {
         if let Some(u) = upgrade {
@@ -82,42 +98,46 @@ pub struct Hop<'a> {
     pub trusted: bool,
 }
 
-/// Set the forwarding headers of DESIGN §2 step 9.
+/// Set the forwarding headers of DESIGN §2 step 9, and `Host`.
 pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let ip = hop.client.ip().to_string();
     let node = match hop.client {
         SocketAddr::V6(_) => format!("\"[{ip}]\""),
         SocketAddr::V4(_) => ip.clone(),
     };
-    let forwarded = format!(
-        "for={node};proto={};host=\"{}\"",
-        hop.proto,
+    let host_text = if hop.host.contains(['"', '\\']) {
         hop.host.replace(['"', '\\'], "")
-    );
-    if hop.trusted {
-        append(headers, "x-forwarded-for", &ip);
-        append(headers, "forwarded", &forwarded);
-        set_if_absent(headers, "x-forwarded-proto", hop.proto);
-        set_if_absent(headers, "x-forwarded-host", hop.host);
-        set_if_absent(headers, "x-real-ip", &ip);
-        set_if_absent(headers, "x-request-id", hop.request_id);
     } else {
-        for name in FORWARDING {
-            headers.remove(*name);
+        hop.host.to_string()
+    };
+    let forwarded = format!("for={node};proto={};host=\"{host_text}\"", hop.proto);
+    let ip_value = value(&ip);
+    let host = value(hop.host);
+    if hop.trusted {
+        append(headers, X_FORWARDED_FOR, &ip);
+        append(headers, FORWARDED, &forwarded);
+        set_if_absent(headers, X_FORWARDED_PROTO, Some(HeaderValue::from_static(hop.proto)));
+        set_if_absent(headers, X_FORWARDED_HOST, host.clone());
+        set_if_absent(headers, X_REAL_IP, ip_value);
+        set_if_absent(headers, X_REQUEST_ID, value(hop.request_id));
+    } else {
+        for name in &FORWARDING {
+            headers.remove(name);
         }
-        set(headers, "x-forwarded-for", &ip);
-        set(headers, "x-forwarded-proto", hop.proto);
-        set(headers, "x-forwarded-host", hop.host);
-        set(headers, "x-real-ip", &ip);
-        set(headers, "forwarded", &forwarded);
-        set(headers, "x-request-id", hop.request_id);
+        put(headers, X_FORWARDED_FOR, ip_value.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        put(headers, X_FORWARDED_HOST, host.clone());
+        put(headers, X_REAL_IP, ip_value);
+        put(headers, FORWARDED, value(&forwarded));
+        put(headers, X_REQUEST_ID, value(hop.request_id));
     }
+    put(headers, HOST, host);
 }
 
 /// The request id a trusted client sent, if any (it is kept on trusted zones).
 pub fn incoming_request_id(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
@@ -132,16 +152,26 @@ pub fn set(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-fn set_if_absent(headers: &mut HeaderMap, name: &str, value: &str) {
-    if !headers.contains_key(name) {
-        set(headers, name, value);
+fn value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
+}
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    if let Some(v) = value {
+        headers.insert(name, v);
     }
 }
 
-fn append(headers: &mut HeaderMap, name: &str, value: &str) {
+fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    if !headers.contains_key(&name) {
+        put(headers, name, value);
+    }
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     let joined = {
         let existing: Vec<&str> = headers
-            .get_all(name)
+            .get_all(&name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -151,7 +181,7 @@ fn append(headers: &mut HeaderMap, name: &str, value: &str) {
             format!("{}, {value}", existing.join(", "))
         }
     };
-    set(headers, name, &joined);
+    put(headers, name, HeaderValue::from_str(&joined).ok());
 }
 
 #[cfg(test)]

@@ -468,7 +468,6 @@ async fn forward(
             trusted: zone.trusted,
         },
     );
-    headers::set(&mut parts.headers, "host", &host_value);
     let path = d.path.as_deref().unwrap_or("/");
     // HTTP/2 needs `:authority` to match Host, so h2 groups send the client's
     // Host; HTTP/1.1 sends Host as a header, and its authority carries the
