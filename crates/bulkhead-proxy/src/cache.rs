@@ -1247,7 +1247,11 @@ async fn refresh_once(
     let total = timeouts
         .request
         .unwrap_or(timeouts.first_byte + timeouts.idle);
-    let sent = match tokio::time::timeout(total, group.send(target, req, timeouts.first_byte)).await
+    let sent = match tokio::time::timeout(
+        total,
+        group.send(target, req, timeouts.first_byte, timeouts.connect),
+    )
+    .await
     {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Timeout("request timeout")),

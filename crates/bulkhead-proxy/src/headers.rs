@@ -116,7 +116,11 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     if hop.trusted {
         append(headers, X_FORWARDED_FOR, &ip);
         append(headers, FORWARDED, &forwarded);
-        set_if_absent(headers, X_FORWARDED_PROTO, Some(HeaderValue::from_static(hop.proto)));
+        set_if_absent(
+            headers,
+            X_FORWARDED_PROTO,
+            Some(HeaderValue::from_static(hop.proto)),
+        );
         set_if_absent(headers, X_FORWARDED_HOST, host.clone());
         set_if_absent(headers, X_REAL_IP, ip_value);
         set_if_absent(headers, X_REQUEST_ID, value(hop.request_id));

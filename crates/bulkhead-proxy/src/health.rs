@@ -59,7 +59,10 @@ async fn probe(group: &GroupRuntime, index: usize, check: &HealthCheck) -> bool 
                 else {
                     return false;
                 };
-                match group.clients[index].request(req).await {
+                match group
+                    .send(index, req, check.timeout, group.timeouts.connect)
+                    .await
+                {
                     Ok(resp) => {
                         let ok = resp.status().is_success() || resp.status().is_redirection();
                         // Drain the body so the connection can be reused.

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::AsyncWriteExt;
 
 /// Facts of a TLS connection.
 #[derive(Clone, Debug, Default)]
@@ -470,23 +471,28 @@ async fn forward(
     );
     let path = d.path.as_deref().unwrap_or("/");
     // HTTP/2 needs `:authority` to match Host, so h2 groups send the client's
-    // Host; HTTP/1.1 sends Host as a header, and its authority carries the
-    // connect timeout instead (see `TargetConnector`): one pool bucket per
-    // target and timeout, whatever the Host.
+    // Host in an absolute URI; HTTP/1.1 sends Host as a header and the
+    // origin-form target only.
     let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
-    let authority = match host_value.parse::<http::uri::Authority>() {
-        Ok(a) if h2 => a.to_string(),
-        _ => crate::upstream::connect_authority(timeouts.connect),
-    };
-    let uri = match &d.query {
-        Some(q) => format!("http://{authority}{path}?{q}"),
-        None => format!("http://{authority}{path}"),
-    };
+    let mut uri =
+        String::with_capacity(path.len() + d.query.as_ref().map_or(0, |q| q.len() + 1) + 8);
+    if h2 {
+        uri.push_str("http://");
+        match host_value.parse::<http::uri::Authority>() {
+            Ok(a) => uri.push_str(a.as_str()),
+            Err(_) => uri.push_str("upstream"),
+        }
+    }
+    uri.push_str(path);
+    if let Some(q) = &d.query {
+        uri.push('?');
+        uri.push_str(q);
+    }
     parts.uri = match uri.parse() {
         Ok(u) => u,
         Err(_) => return local(&conn, line, started, 400, DecisionKind::BadRequest, true),
     };
-    parts.version = if snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2 {
+    parts.version = if h2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
@@ -563,14 +569,18 @@ async fn forward(
         let sent = match timeouts.request {
             Some(total) => match tokio::time::timeout(
                 total,
-                group.send(target, upstream_req, timeouts.first_byte),
+                group.send(target, upstream_req, timeouts.first_byte, timeouts.connect),
             )
             .await
             {
                 Ok(r) => r,
                 Err(_) => Err(UpstreamError::Timeout("request timeout")),
             },
-            None => group.send(target, upstream_req, timeouts.first_byte).await,
+            None => {
+                group
+                    .send(target, upstream_req, timeouts.first_byte, timeouts.connect)
+                    .await
+            }
         };
         let failed = match &sent {
             Ok(resp) => resp.status().as_u16() >= 500,
@@ -641,15 +651,21 @@ async fn forward(
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let upstream = resp
+                .extensions_mut()
+                .remove::<crate::h1_upstream::UpgradeSlot>()
+                .and_then(|slot| slot.take());
             tokio::spawn(async move {
-                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(upstream),
-                    )
-                    .await;
+                let (Ok(client), Some(mut upstream)) = (client_upgrade.await, upstream) else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                if !upstream.leftover.is_empty()
+                    && client.write_all(&upstream.leftover).await.is_err()
+                {
+                    return;
                 }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.io).await;
             });
         }
     } else {
@@ -666,9 +682,7 @@ async fn forward(
         Some(lease),
         Some((busy, budget)),
     );
-    let body: ProxyBody = Logged::new(body, guard)
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed();
+    let body: ProxyBody = Logged::new(body, guard).boxed();
     Response::from_parts(parts, body)
 }
 

@@ -21,6 +21,7 @@ pub mod balance;
 mod body;
 pub mod cache;
 pub mod client_hello;
+pub mod h1_upstream;
 pub mod headers;
 pub mod health;
 mod http;

@@ -1,6 +1,7 @@
 //! Target groups at run time: the targets' live state, the picker, the
-//! connection pool (hyper's legacy client, h1 or h2 per group), the group's
-//! bulkheads, and sending one request upstream with its timeouts.
+//! connection pools (HTTP/1.1: [`crate::h1_upstream`], on the request's own
+//! task; HTTP/2: hyper's pooled client), the group's bulkheads, and sending
+//! one request upstream with its timeouts.
 
 use crate::balance::{hash_bytes, Balancer, TargetState};
 use crate::BoxError;
@@ -16,6 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Idle connections kept per target.
+const MAX_IDLE: usize = 1024;
 
 /// Most retries the budget can hold at once (in thousandths).
 const RETRY_BURST: i64 = 10_000;
@@ -33,10 +37,11 @@ pub struct GroupRuntime {
     hash_on: HashOn,
     /// Effective timeouts (group setting or defaults; routes may override).
     pub timeouts: Timeouts,
-    /// One pool per target (same order as `targets`): the request's URI
-    /// carries the client's Host as authority (h2 `:authority` must match
-    /// `Host`), so the connection target comes from the pool, not the URI.
-    pub clients: Vec<Client<TargetConnector, ProxyBody>>,
+    /// One pool per target (same order as `targets`). For HTTP/2 the
+    /// request's URI carries the client's Host as authority (`:authority`
+    /// must match `Host`), so the connection target comes from the pool,
+    /// not the URI.
+    pools: Vec<TargetPool>,
     max_requests: Option<usize>,
     in_flight: Arc<AtomicUsize>,
     outlier: Option<bulkhead_config::Outlier>,
@@ -51,6 +56,54 @@ pub struct GroupRuntime {
     slots_size: Option<u32>,
     max_pending: usize,
     pending: AtomicUsize,
+}
+
+/// The connections to one target.
+#[derive(Clone)]
+enum TargetPool {
+    /// HTTP/1.1, sent on the request's own task.
+    H1(Arc<crate::h1_upstream::Pool>),
+    /// HTTP/2 (prior knowledge), through hyper's pooled client.
+    H2(Box<Client<TargetConnector, ProxyBody>>),
+}
+
+/// A response body from either kind of pool.
+pub enum UpstreamBody {
+    /// Read from an HTTP/1.1 connection.
+    H1(crate::h1_upstream::ResponseBody),
+    /// An HTTP/2 stream.
+    H2(hyper::body::Incoming),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Why no request could be sent (each maps to a DESIGN §4 decision).
@@ -106,7 +159,7 @@ impl GroupRuntime {
             let i = p.targets.iter().position(|t| t.address == address)?;
             Some((
                 p.targets[i].live.clone(),
-                same_pools.then(|| p.clients[i].clone()),
+                same_pools.then(|| p.pools[i].clone()),
             ))
         };
         let mut connector = HttpConnector::new();
@@ -117,33 +170,41 @@ impl GroupRuntime {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(timeouts.idle)
-            .pool_max_idle_per_host(1024);
+            .pool_max_idle_per_host(MAX_IDLE);
         if cfg.protocol == UpstreamProtocol::H2 {
             builder.http2_only(true);
         }
         let mut targets = Vec::with_capacity(cfg.targets.len());
-        let mut clients = Vec::with_capacity(cfg.targets.len());
+        let mut target_pools = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let address = t.address.value.clone();
-            let (live, client) = carried(&address).unwrap_or_default();
+            let (live, pool) = match carried(&address) {
+                Some((live, pool)) => (live, pool),
+                None => (Default::default(), None),
+            };
             // One pool per target address and pool settings, shared by every
             // group that sends there: connections to one backend are reused
             // whichever tenant's request they carry.
-            let client = pools
+            let pool = pools
                 .entry((address.clone(), pool_key))
                 .or_insert_with(|| {
-                    client.unwrap_or_else(|| {
-                        let target = format!("http://{address}").parse().unwrap_or_default();
-                        builder.build(TargetConnector {
-                            inner: connector.clone(),
-                            target,
-                            default_connect: timeouts.connect,
-                        })
+                    pool.unwrap_or_else(|| match cfg.protocol {
+                        UpstreamProtocol::H2 => {
+                            let target = format!("http://{address}").parse().unwrap_or_default();
+                            TargetPool::H2(Box::new(builder.build(TargetConnector {
+                                inner: connector.clone(),
+                                target,
+                                default_connect: timeouts.connect,
+                            })))
+                        }
+                        UpstreamProtocol::H1 => TargetPool::H1(Arc::new(
+                            crate::h1_upstream::Pool::new(&address, timeouts.idle, MAX_IDLE),
+                        )),
                     })
                 })
                 .clone();
             targets.push(TargetState::with_live(address, t.weight, live));
-            clients.push(client);
+            target_pools.push(pool);
         }
         GroupRuntime {
             full_name: String::new(),
@@ -151,7 +212,7 @@ impl GroupRuntime {
             targets,
             hash_on: cfg.hash_on.clone(),
             timeouts,
-            clients,
+            pools: target_pools,
             max_requests: cfg.limits.max_requests.map(|n| n as usize),
             in_flight: previous.map_or_else(Arc::default, |p| p.in_flight.clone()),
             outlier: cfg.outlier.clone(),
@@ -311,14 +372,26 @@ impl GroupRuntime {
     }
 
     /// Send `req` to the leased target; times out at `first_byte` for the
-    /// response headers.
+    /// response headers. `connect` bounds a new connection's TCP connect.
     pub async fn send(
         &self,
         target: usize,
         req: http::Request<ProxyBody>,
         first_byte: Duration,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        match tokio::time::timeout(first_byte, self.clients[target].request(req)).await {
+        connect: Duration,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let pool = match &self.pools[target] {
+            TargetPool::H1(pool) => {
+                return match tokio::time::timeout(first_byte, pool.send(req, connect)).await {
+                    Err(_) => Err(UpstreamError::Timeout(
+                        "no response before the first-byte timeout",
+                    )),
+                    Ok(sent) => sent.map(|r| r.map(UpstreamBody::H1)),
+                }
+            }
+            TargetPool::H2(client) => client,
+        };
+        match tokio::time::timeout(first_byte, pool.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(
                 "no response before the first-byte timeout",
             )),
@@ -336,7 +409,7 @@ impl GroupRuntime {
                 msg: source_chain(&e),
                 connect: false,
             }),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::H2)),
         }
     }
 }
@@ -380,10 +453,8 @@ pub struct HashKey<'a> {
 }
 
 /// Pools by (target address, pool settings).
-type Pools = std::collections::HashMap<
-    (String, (UpstreamProtocol, Duration, Duration)),
-    Client<TargetConnector, ProxyBody>,
->;
+type Pools =
+    std::collections::HashMap<(String, (UpstreamProtocol, Duration, Duration)), TargetPool>;
 
 /// Every group of a snapshot, indexed by [`GroupId`].
 pub struct Upstreams {
@@ -429,34 +500,14 @@ pub fn elapsed_ms(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
-/// A connector that always dials one target, whatever the request's URI says.
-///
-/// The URI's authority only carries the connect timeout: HTTP/1.1 requests
-/// are sent with the authority [`connect_authority`] (`c200.upstream` for
-/// 200 ms), so a route's or profile's `timeouts.connect` bounds the TCP
-/// connect, and hyper's pool (which buckets by authority) keeps one bucket
-/// per target and timeout. Other authorities (HTTP/2 requests carry the
-/// client's Host; health checks the target's address) get the group's timeout.
+/// A connector that always dials one target, whatever the request's URI
+/// says (HTTP/2 requests carry the client's Host as authority), within the
+/// group's connect timeout.
 #[derive(Clone)]
 pub struct TargetConnector {
     inner: HttpConnector,
     target: http::Uri,
     default_connect: Duration,
-}
-
-/// The authority of an HTTP/1.1 upstream request whose connect must finish within `connect`.
-pub fn connect_authority(connect: Duration) -> String {
-    format!("c{}.upstream", connect.as_millis())
-}
-
-fn connect_timeout_of(uri: &http::Uri) -> Option<Duration> {
-    let ms = uri
-        .host()?
-        .strip_suffix(".upstream")?
-        .strip_prefix('c')?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
 }
 
 type Connecting = std::pin::Pin<
@@ -479,8 +530,8 @@ impl tower_service::Service<http::Uri> for TargetConnector {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, uri: http::Uri) -> Connecting {
-        let limit = connect_timeout_of(&uri).unwrap_or(self.default_connect);
+    fn call(&mut self, _uri: http::Uri) -> Connecting {
+        let limit = self.default_connect;
         let connecting = self.inner.call(self.target.clone());
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
@@ -491,20 +542,5 @@ impl tower_service::Service<http::Uri> for TargetConnector {
                 )) as BoxError),
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connect_timeouts_travel_in_the_authority() {
-        let uri: http::Uri = format!("http://{}/x", connect_authority(Duration::from_millis(200)))
-            .parse()
-            .expect("uri");
-        assert_eq!(connect_timeout_of(&uri), Some(Duration::from_millis(200)));
-        let other: http::Uri = "http://acme.test/x".parse().expect("uri");
-        assert_eq!(connect_timeout_of(&other), None);
     }
 }
