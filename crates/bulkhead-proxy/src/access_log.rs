@@ -23,27 +23,77 @@ pub struct TlsInfo {
     pub identity: Option<String>,
 }
 
+/// A name from the config (listener, zone, tenant, route, group, target),
+/// shared: filling a log line costs a reference count, not a copy.
+pub type Name = Arc<str>;
+
+/// The config's names as [`Name`]s, indexed like the snapshot's tables.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// Zone names.
+    pub zones: Vec<Name>,
+    /// Tenant names.
+    pub tenants: Vec<Name>,
+    /// Route names, per tenant.
+    pub routes: Vec<Vec<Name>>,
+    /// `tenant/group` names.
+    pub groups: Vec<Name>,
+}
+
+impl Names {
+    /// The names of `snap`.
+    pub fn of(snap: &bulkhead_core::Snapshot) -> Names {
+        Names {
+            zones: snap
+                .zones
+                .iter()
+                .map(|z| Name::from(z.name.as_str()))
+                .collect(),
+            tenants: snap
+                .tenants
+                .iter()
+                .map(|t| Name::from(t.name.as_str()))
+                .collect(),
+            routes: snap
+                .tenants
+                .iter()
+                .map(|t| {
+                    t.routes
+                        .iter()
+                        .map(|r| Name::from(r.name.as_str()))
+                        .collect()
+                })
+                .collect(),
+            groups: snap
+                .groups
+                .iter()
+                .map(|g| Name::from(g.full_name.as_str()))
+                .collect(),
+        }
+    }
+}
+
 /// One access-log line; fields that do not apply are `null`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LogLine {
     /// RFC 3339 time the request started (formatted by the writer thread).
     pub ts: Timestamp,
     /// Listener name.
-    pub listener: Option<String>,
+    pub listener: Option<Name>,
     /// Listener zone.
-    pub zone: Option<String>,
+    pub zone: Option<Name>,
     /// `ip:port` of the client.
     pub client: Option<String>,
     /// Tenant.
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// Route.
-    pub route: Option<String>,
+    pub route: Option<Name>,
     /// `tenant/group`.
-    pub group: Option<String>,
+    pub group: Option<Name>,
     /// Group zone.
-    pub group_zone: Option<String>,
+    pub group_zone: Option<Name>,
     /// Target `host:port`.
-    pub target: Option<String>,
+    pub target: Option<Name>,
     /// Decision (DESIGN §4).
     pub decision: &'static str,
     /// Status sent, or null.

@@ -291,7 +291,7 @@ fn drain(proxy: &Proxy, tenant: &str, group: &str, target: &str, drained: bool) 
     let Some(grp) = g.upstreams.by_name(&full) else {
         return error(StatusCode::NOT_FOUND, "no such group");
     };
-    let Some(t) = grp.targets.iter().find(|t| t.address == target) else {
+    let Some(t) = grp.targets.iter().find(|t| &*t.address == target) else {
         return error(StatusCode::NOT_FOUND, "no such target in the group");
     };
     t.drained.store(drained, Ordering::Relaxed);

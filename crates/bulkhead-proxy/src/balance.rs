@@ -59,7 +59,7 @@ impl TargetLive {
 #[derive(Debug)]
 pub struct TargetState {
     /// `host:port` as written in the config.
-    pub address: String,
+    pub address: crate::access_log::Name,
     /// Weight 1–1000.
     pub weight: u32,
     /// Its live state.
@@ -76,11 +76,11 @@ impl std::ops::Deref for TargetState {
 impl TargetState {
     /// A healthy target.
     pub fn new(address: String, weight: u32) -> Self {
-        Self::with_live(address, weight, Arc::default())
+        Self::with_live(address.into(), weight, Arc::default())
     }
 
     /// A target continuing the live state of an earlier generation.
-    pub fn with_live(address: String, weight: u32, live: Arc<TargetLive>) -> Self {
+    pub fn with_live(address: crate::access_log::Name, weight: u32, live: Arc<TargetLive>) -> Self {
         TargetState {
             address,
             weight: weight.max(1),

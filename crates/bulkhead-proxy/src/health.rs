@@ -49,9 +49,7 @@ async fn probe(group: &GroupRuntime, index: usize, check: &HealthCheck) -> bool 
     let address = &group.targets[index].address;
     let attempt = async {
         match &check.path {
-            None => tokio::net::TcpStream::connect(address.as_str())
-                .await
-                .is_ok(),
+            None => tokio::net::TcpStream::connect(&**address).await.is_ok(),
             Some(path) => {
                 let Ok(req) = http::Request::get(format!("http://{address}{path}"))
                     .header(http::header::USER_AGENT, "bulkhead-health-check")

@@ -2,7 +2,7 @@
 //! core's `decide()`, then either a local answer or the upstream exchange —
 //! and exactly one access-log line either way.
 
-use crate::access_log::LogLine;
+use crate::access_log::{LogLine, Names};
 use crate::body::{Counted, LogGuard, Logged};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
@@ -138,7 +138,7 @@ pub async fn handle(
     let snap = &generation.snapshot;
     let mut line = LogLine {
         ts: crate::access_log::Timestamp::now(),
-        listener: Some(conn.listener.to_string()),
+        listener: Some(conn.listener.clone()),
         client: Some(conn.peer.to_string()),
         method: Some(req.method().as_str().to_string()),
         tls: conn.tls.as_ref().map(crate::server::tls_info),
@@ -156,7 +156,7 @@ pub async fn handle(
         ));
     };
     let l = &snap.listeners[lid as usize];
-    line.zone = Some(snap.zones[l.zone as usize].name.clone());
+    line.zone = generation.names.zones.get(l.zone as usize).cloned();
     let limits = &snap.config.listeners[lid as usize].limits;
     if let Some((status, reason)) = strict_framing(&req, limits.max_body_bytes) {
         tracing::debug!(client = %conn.peer, reason, "request refused before routing");
@@ -249,7 +249,7 @@ pub async fn handle(
     if let Some(c) = &with_user {
         decision = decide(c);
     }
-    fill_line(&mut line, snap, &decision);
+    fill_line(&mut line, &generation.names, snap, &decision);
     let plan = Plan::of(&decision);
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
@@ -314,14 +314,17 @@ impl Plan {
     }
 }
 
-fn fill_line(line: &mut LogLine, snap: &Snapshot, d: &Decision<'_>) {
-    let tenant = d.tenant.map(|t| &snap.tenants[t as usize]);
-    line.tenant = tenant.map(|t| t.name.clone());
-    line.route = tenant.and_then(|t| d.route.map(|r| t.routes[r as usize].name.clone()));
+fn fill_line(line: &mut LogLine, names: &Names, snap: &Snapshot, d: &Decision<'_>) {
+    if let Some(t) = d.tenant {
+        line.tenant = names.tenants.get(t as usize).cloned();
+        line.route = d
+            .route
+            .and_then(|r| names.routes.get(t as usize)?.get(r as usize).cloned());
+    }
     if let Some(g) = d.group {
-        let g = &snap.groups[g as usize];
-        line.group = Some(g.full_name.clone());
-        line.group_zone = Some(snap.zones[g.zone as usize].name.clone());
+        line.group = names.groups.get(g as usize).cloned();
+        let zone = snap.groups[g as usize].zone;
+        line.group_zone = names.zones.get(zone as usize).cloned();
     }
     line.decision = d.kind.as_str();
     line.host = d.host.as_deref().map(str::to_string);
@@ -563,7 +566,13 @@ async fn forward(
             }
         }
         let this_body = body.take().unwrap_or_default();
-        let upstream_req = http::Request::from_parts(parts.clone(), this_body);
+        // Only a request that may be retried keeps a copy of its head.
+        let head = if retries.is_some() {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, http::Request::new(()).into_parts().0)
+        };
+        let upstream_req = http::Request::from_parts(head, this_body);
         let upstream_started = Instant::now();
         let target = lease.target;
         let sent = match timeouts.request {
@@ -619,7 +628,7 @@ async fn forward(
         }
         break (lease, sent, upstream_started);
     };
-    line.target = Some(lease.address().to_string());
+    line.target = Some(lease.address().clone());
     let mut resp = match sent {
         Ok(resp) => resp,
         Err(e) => {

@@ -65,6 +65,8 @@ pub struct Generation {
     pub policies: Arc<policy::Policies>,
     /// JWT and basic-auth verifiers of its routes (auth.rs).
     pub auth: Arc<auth::Verifiers>,
+    /// The snapshot's names, shared, for log lines and metric labels.
+    pub names: access_log::Names,
 }
 
 impl Generation {
@@ -83,6 +85,7 @@ impl Generation {
         ));
         Generation {
             config_hash: config_hash(&snapshot),
+            names: access_log::Names::of(&snapshot),
             snapshot,
             upstreams,
             tls,

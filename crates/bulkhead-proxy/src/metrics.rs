@@ -7,7 +7,7 @@
 //! and the counters can never disagree. Target health and pool state are
 //! read from the live upstreams at scrape time.
 
-use crate::access_log::LogLine;
+use crate::access_log::{LogLine, Name};
 use crate::Generation;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,28 +18,32 @@ use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+/// A label from a log line's shared name (`""` when absent): building a
+/// label set costs reference counts, not copies.
+type Label = Option<Name>;
+
 /// Labels of a request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    listener: String,
-    zone: String,
-    tenant: String,
-    route: String,
-    group: String,
-    decision: String,
-    status_class: String,
+    listener: Label,
+    zone: Label,
+    tenant: Label,
+    route: Label,
+    group: Label,
+    decision: &'static str,
+    status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
-    listener: String,
-    tenant: String,
-    route: String,
+    listener: Label,
+    tenant: Label,
+    route: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
-    group: String,
+    group: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,9 +53,9 @@ struct ListenerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeniedLabels {
-    listener: String,
-    zone: String,
-    decision: String,
+    listener: Label,
+    zone: Label,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,41 +150,47 @@ impl Drop for ConnectionGauge {
     }
 }
 
-fn or_none(v: &Option<String>) -> String {
-    v.clone().unwrap_or_default()
+/// `2xx`, `4xx`, …; `none` when nothing was sent.
+fn status_class(status: Option<u16>) -> &'static str {
+    match status.map(|s| s / 100) {
+        None => "none",
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        Some(_) => "other",
+    }
 }
 
 impl Metrics {
     /// Count one finished request or connection.
     pub fn observe(&self, line: &LogLine) {
-        let status_class = line
-            .status
-            .map_or_else(|| "none".to_string(), |s| format!("{}xx", s / 100));
         self.requests
             .get_or_create(&RequestLabels {
-                listener: or_none(&line.listener),
-                zone: or_none(&line.zone),
-                tenant: or_none(&line.tenant),
-                route: or_none(&line.route),
-                group: or_none(&line.group),
-                decision: line.decision.to_string(),
-                status_class,
+                listener: line.listener.clone(),
+                zone: line.zone.clone(),
+                tenant: line.tenant.clone(),
+                route: line.route.clone(),
+                group: line.group.clone(),
+                decision: line.decision,
+                status_class: status_class(line.status),
             })
             .inc();
         if !matches!(line.decision, "forward" | "redirect" | "respond") {
             self.denied
                 .get_or_create(&DeniedLabels {
-                    listener: or_none(&line.listener),
-                    zone: or_none(&line.zone),
-                    decision: line.decision.to_string(),
+                    listener: line.listener.clone(),
+                    zone: line.zone.clone(),
+                    decision: line.decision,
                 })
                 .inc();
         }
         self.duration
             .get_or_create(&LatencyLabels {
-                listener: or_none(&line.listener),
-                tenant: or_none(&line.tenant),
-                route: or_none(&line.route),
+                listener: line.listener.clone(),
+                tenant: line.tenant.clone(),
+                route: line.route.clone(),
             })
             .observe(line.duration_ms / 1000.0);
         if let (Some(ms), Some(group)) = (line.upstream_ms, &line.group) {

@@ -364,14 +364,13 @@ fn log_parse_error(
 /// A log line with what is known of a connection before any request.
 fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine {
     let g = shared.generation.load();
-    let zone = g.snapshot.listener_id(listener).map(|id| {
-        g.snapshot.zones[g.snapshot.listeners[id as usize].zone as usize]
-            .name
-            .clone()
+    let zone = g.snapshot.listener_id(listener).and_then(|id| {
+        let zone = g.snapshot.listeners[id as usize].zone;
+        g.names.zones.get(zone as usize).cloned()
     });
     LogLine {
         ts: crate::access_log::Timestamp::now(),
-        listener: Some(listener.to_string()),
+        listener: Some(listener.into()),
         zone,
         client: Some(peer.to_string()),
         ..LogLine::default()

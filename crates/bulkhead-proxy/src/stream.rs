@@ -28,16 +28,13 @@ pub async fn serve(
     let snap = &generation.snapshot;
     let mut line = LogLine {
         ts: crate::access_log::Timestamp::now(),
-        listener: Some(listener.to_string()),
+        listener: Some(listener.clone()),
         client: Some(peer.to_string()),
         ..LogLine::default()
     };
     if let Some(l) = snap.listener_id(&listener) {
-        line.zone = Some(
-            snap.zones[snap.listeners[l as usize].zone as usize]
-                .name
-                .clone(),
-        );
+        let zone = snap.listeners[l as usize].zone;
+        line.zone = generation.names.zones.get(zone as usize).cloned();
     }
     let mut first = Vec::new();
     let mut sni = None;
@@ -59,10 +56,11 @@ pub async fn serve(
         &Credentials::default(),
     );
     if let Some(g) = d.group {
+        let names = &generation.names;
+        line.group = names.groups.get(g as usize).cloned();
         let g = &snap.groups[g as usize];
-        line.group = Some(g.full_name.clone());
-        line.group_zone = Some(snap.zones[g.zone as usize].name.clone());
-        line.tenant = Some(snap.tenants[g.tenant as usize].name.clone());
+        line.group_zone = names.zones.get(g.zone as usize).cloned();
+        line.tenant = names.tenants.get(g.tenant as usize).cloned();
     }
     line.host = d.host.as_deref().map(str::to_string);
     let Some(gid) = d.group.filter(|_| d.is_forward()) else {
@@ -84,10 +82,13 @@ pub async fn serve(
         Ok(l) => l,
         Err(_) => return finish(&shared, line, started, DecisionKind::Unavailable),
     };
-    line.target = Some(lease.address().to_string());
+    line.target = Some(lease.address().clone());
     let upstream_started = Instant::now();
-    let connect =
-        tokio::time::timeout(group.timeouts.connect, TcpStream::connect(lease.address())).await;
+    let connect = tokio::time::timeout(
+        group.timeouts.connect,
+        TcpStream::connect(&**lease.address()),
+    )
+    .await;
     group.report(lease.target, matches!(connect, Ok(Ok(_))));
     let mut upstream = match connect {
         Ok(Ok(s)) => s,

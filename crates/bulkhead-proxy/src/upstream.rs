@@ -132,7 +132,7 @@ pub struct Lease {
 
 impl Lease {
     /// The chosen target's `host:port`.
-    pub fn address(&self) -> &str {
+    pub fn address(&self) -> &crate::access_log::Name {
         &self.group.targets[self.target].address
     }
 }
@@ -156,7 +156,7 @@ impl GroupRuntime {
         let same_pools = previous.is_some_and(|p| p.pool_key == pool_key);
         let carried = |address: &str| {
             let p = previous?;
-            let i = p.targets.iter().position(|t| t.address == address)?;
+            let i = p.targets.iter().position(|t| &*t.address == address)?;
             Some((
                 p.targets[i].live.clone(),
                 same_pools.then(|| p.pools[i].clone()),
@@ -203,7 +203,7 @@ impl GroupRuntime {
                     })
                 })
                 .clone();
-            targets.push(TargetState::with_live(address, t.weight, live));
+            targets.push(TargetState::with_live(address.into(), t.weight, live));
             target_pools.push(pool);
         }
         GroupRuntime {
