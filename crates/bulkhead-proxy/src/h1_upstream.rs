@@ -37,8 +37,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Longest chunk-size line or trailer line accepted.
 const MAX_LINE: usize = 4096;
-/// An idle connection older than this is checked for a close before reuse.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The idle connections to one target address.
 pub struct Pool {
@@ -101,6 +99,13 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still usable.
+    ///
+    /// Every idle connection is probed before reuse, however young: bytes
+    /// the target sent after a response ended (a second response to one
+    /// request, a body to a HEAD) may land after the connection was pooled,
+    /// and would otherwise be read as the next request's response. The
+    /// probe also catches a close, so even a request with a body (never
+    /// retried) is not sent on a connection the target already closed.
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.lock();
@@ -111,7 +116,7 @@ impl Pool {
                 idle.clear();
                 return None;
             }
-            if age < CHECK_IDLE_AFTER || still_open(&entry.conn.io) {
+            if still_open(&entry.conn.io) {
                 return Some(entry.conn);
             }
         }
@@ -128,6 +133,13 @@ impl Pool {
             idle.pop_front();
         }
         if idle.len() < self.max_idle {
+            // An idle connection holds no buffer: the next exchange takes a
+            // fresh one (the old one is usually still shared with the last
+            // response's bytes anyway).
+            let conn = Conn {
+                io: conn.io,
+                buf: BytesMut::new(),
+            };
             idle.push_back(Idle { conn, since: now });
         }
     }
@@ -143,7 +155,7 @@ impl Pool {
                 let _ = io.set_nodelay(true);
                 Ok(Conn {
                     io,
-                    buf: BytesMut::with_capacity(8 * 1024),
+                    buf: BytesMut::new(),
                 })
             }
         }
@@ -448,7 +460,7 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
             }
         }
         if buf.capacity() - buf.len() < 2048 {
-            buf.reserve(16 * 1024);
+            buf.reserve(8 * 1024);
         }
         let read = io.read_buf(buf).await;
         match read {
@@ -476,6 +488,11 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("invalid response head: {e}")),
         };
+        // `read_head` only checks the limit while the head is incomplete; a
+        // larger head that arrived whole in one read must be refused too.
+        if len > MAX_HEAD {
+            return Err("response head too large".into());
+        }
         let code = parsed.code.unwrap_or(0);
         if (100..200).contains(&code) && code != 101 {
             buf.advance(len);
@@ -678,7 +695,11 @@ impl Body for ResponseBody {
                 ),
                 Framing::UntilClose => (conn.buf.len(), 64 * 1024),
                 Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                    // httparse reads a line without digits ("\r\n", ";ext\r\n")
+                    // as size 0, the last chunk; RFC 9112 §7.1 wants 1*HEXDIG.
+                    Ok(httparse::Status::Complete((used, size)))
+                        if conn.buf[0].is_ascii_hexdigit() =>
+                    {
                         conn.buf.advance(used);
                         this.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers

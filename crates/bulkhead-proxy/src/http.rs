@@ -254,7 +254,8 @@ pub async fn handle(
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
-            Ok(forward(req, conn, &generation, plan, line, started, raw_host, busy).await)
+            let forwarding = forward(req, conn, &generation, plan, line, started, raw_host, busy);
+            Ok(Box::pin(forwarding).await)
         }
         Answer::Redirect { location, status } => {
             let mut resp = Response::new(full(Bytes::new()));

@@ -382,12 +382,15 @@ impl GroupRuntime {
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let pool = match &self.pools[target] {
             TargetPool::H1(pool) => {
-                return match tokio::time::timeout(first_byte, pool.send(req, connect)).await {
+                // Boxed: the exchange's state is large, and moving it
+                // through every enclosing future cost more than one allocation.
+                let sending = Box::pin(pool.send(req, connect));
+                return match tokio::time::timeout(first_byte, sending).await {
                     Err(_) => Err(UpstreamError::Timeout(
                         "no response before the first-byte timeout",
                     )),
                     Ok(sent) => sent.map(|r| r.map(UpstreamBody::H1)),
-                }
+                };
             }
             TargetPool::H2(client) => client,
         };
