@@ -83,7 +83,7 @@ pub struct LogLine {
     /// Listener zone.
     pub zone: Option<Name>,
     /// `ip:port` of the client.
-    pub client: Option<String>,
+    pub client: Option<Name>,
     /// Tenant.
     pub tenant: Option<Name>,
     /// Route.

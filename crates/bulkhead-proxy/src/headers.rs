@@ -84,10 +84,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A client's address in the forms the forwarding headers use, built
+/// once per connection.
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    /// `ip:port`, for logs.
+    pub text: crate::access_log::Name,
+    /// The IP alone.
+    pub ip: String,
+    /// The IP as a header value.
+    ip_value: Option<HeaderValue>,
+    /// The `for=` node of `Forwarded` (RFC 7239: IPv6 quoted in brackets).
+    node: String,
+}
+
+impl ClientAddr {
+    /// The forms of `addr`.
+    pub fn of(addr: SocketAddr) -> ClientAddr {
+        let ip = addr.ip().to_string();
+        let node = match addr {
+            SocketAddr::V6(_) => format!("\"[{ip}]\""),
+            SocketAddr::V4(_) => ip.clone(),
+        };
+        ClientAddr {
+            text: addr.to_string().into(),
+            ip_value: value(&ip),
+            ip,
+            node,
+        }
+    }
+}
+
 /// What the proxy knows about the hop it adds.
 pub struct Hop<'a> {
     /// The client's address.
-    pub client: SocketAddr,
+    pub client: &'a ClientAddr,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The request's Host (as received).
@@ -100,21 +131,21 @@ pub struct Hop<'a> {
 
 /// Set the forwarding headers of DESIGN §2 step 9, and `Host`.
 pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    let ip = hop.client.ip().to_string();
-    let node = match hop.client {
-        SocketAddr::V6(_) => format!("\"[{ip}]\""),
-        SocketAddr::V4(_) => ip.clone(),
-    };
-    let host_text = if hop.host.contains(['"', '\\']) {
-        hop.host.replace(['"', '\\'], "")
-    } else {
-        hop.host.to_string()
-    };
-    let forwarded = format!("for={node};proto={};host=\"{host_text}\"", hop.proto);
-    let ip_value = value(&ip);
+    let ip = &hop.client.ip;
+    let mut forwarded = String::with_capacity(hop.client.node.len() + hop.host.len() + 24);
+    forwarded.push_str("for=");
+    forwarded.push_str(&hop.client.node);
+    forwarded.push_str(";proto=");
+    forwarded.push_str(hop.proto);
+    forwarded.push_str(";host=\"");
+    forwarded.extend(hop.host.chars().filter(|c| !matches!(c, '"' | '\\')));
+    forwarded.push('"');
+    let ip_value = hop.client.ip_value.clone();
     let host = value(hop.host);
+    // Room for what is added below: one growth of the map at most.
+    headers.reserve(FORWARDING.len());
     if hop.trusted {
-        append(headers, X_FORWARDED_FOR, &ip);
+        append(headers, X_FORWARDED_FOR, ip);
         append(headers, FORWARDED, &forwarded);
         set_if_absent(
             headers,
@@ -132,7 +163,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
         put(headers, X_FORWARDED_HOST, host.clone());
         put(headers, X_REAL_IP, ip_value);
-        put(headers, FORWARDED, value(&forwarded));
+        put(headers, FORWARDED, owned_value(forwarded));
         put(headers, X_REQUEST_ID, value(hop.request_id));
     }
     put(headers, HOST, host);
@@ -158,6 +189,10 @@ pub fn set(headers: &mut HeaderMap, name: &str, value: &str) {
 
 fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
+}
+
+fn owned_value(text: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
 fn put(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
@@ -192,9 +227,13 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 mod tests {
     use super::*;
 
-    fn hop(trusted: bool) -> Hop<'static> {
+    fn client() -> ClientAddr {
+        ClientAddr::of("203.0.113.9:5555".parse().expect("addr"))
+    }
+
+    fn hop(client: &ClientAddr, trusted: bool) -> Hop<'_> {
         Hop {
-            client: "203.0.113.9:5555".parse().expect("addr"),
+            client,
             proto: "https",
             host: "acme.test",
             request_id: "abc",
@@ -209,7 +248,7 @@ mod tests {
         h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
         h.insert("x-request-id", HeaderValue::from_static("forged"));
-        set_forwarding(&mut h, &hop(false));
+        set_forwarding(&mut h, &hop(&client(), false));
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
         assert_eq!(h["x-request-id"], "abc");
@@ -225,7 +264,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        set_forwarding(&mut h, &hop(true));
+        set_forwarding(&mut h, &hop(&client(), true));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-real-ip"], "203.0.113.9");

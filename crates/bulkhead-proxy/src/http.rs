@@ -47,6 +47,8 @@ pub struct Conn {
     pub listener: Arc<str>,
     /// The client.
     pub peer: SocketAddr,
+    /// The client's address as the log and the forwarding headers write it.
+    pub client: headers::ClientAddr,
     /// TLS facts (https listeners).
     pub tls: Option<TlsFacts>,
     /// The connection's header / idle clocks.
@@ -139,7 +141,7 @@ pub async fn handle(
     let mut line = LogLine {
         ts: crate::access_log::Timestamp::now(),
         listener: Some(conn.listener.clone()),
-        client: Some(conn.peer.to_string()),
+        client: Some(conn.client.text.clone()),
         method: Some(req.method().as_str().to_string()),
         tls: conn.tls.as_ref().map(crate::server::tls_info),
         ..LogLine::default()
@@ -466,7 +468,7 @@ async fn forward(
     headers::set_forwarding(
         &mut parts.headers,
         &Hop {
-            client: conn.peer,
+            client: &conn.client,
             proto: if conn.tls.is_some() { "https" } else { "http" },
             host: &host_value,
             request_id: &request_id,

@@ -257,6 +257,7 @@ async fn serve_hyper<I>(
         shared,
         listener,
         peer,
+        client: crate::headers::ClientAddr::of(peer),
         tls,
         timers: timers.clone(),
     });
@@ -372,7 +373,7 @@ fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine
         ts: crate::access_log::Timestamp::now(),
         listener: Some(listener.into()),
         zone,
-        client: Some(peer.to_string()),
+        client: Some(peer.to_string().into()),
         ..LogLine::default()
     }
 }

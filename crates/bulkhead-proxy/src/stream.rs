@@ -29,7 +29,7 @@ pub async fn serve(
     let mut line = LogLine {
         ts: crate::access_log::Timestamp::now(),
         listener: Some(listener.clone()),
-        client: Some(peer.to_string()),
+        client: Some(peer.to_string().into()),
         ..LogLine::default()
     };
     if let Some(l) = snap.listener_id(&listener) {
