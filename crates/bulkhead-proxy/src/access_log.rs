@@ -101,11 +101,11 @@ pub struct LogLine {
     /// Method.
     pub method: Option<String>,
     /// Normalized host.
-    pub host: Option<String>,
+    pub host: Option<Name>,
     /// Normalized path, without query.
-    pub path: Option<String>,
+    pub path: Option<Name>,
     /// Raw query.
-    pub query: Option<String>,
+    pub query: Option<Name>,
     /// Request body bytes received.
     pub bytes_in: u64,
     /// Response body bytes sent.
@@ -117,7 +117,7 @@ pub struct LogLine {
     /// TLS facts, or null.
     pub tls: Option<TlsInfo>,
     /// Request id.
-    pub request_id: Option<String>,
+    pub request_id: Option<Name>,
 }
 
 /// When a request started. Kept as a `SystemTime` on the hot path and

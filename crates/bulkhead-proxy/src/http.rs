@@ -2,7 +2,7 @@
 //! core's `decide()`, then either a local answer or the upstream exchange —
 //! and exactly one access-log line either way.
 
-use crate::access_log::{LogLine, Names};
+use crate::access_log::{LogLine, Name, Names};
 use crate::body::{Counted, LogGuard, Logged};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
@@ -162,7 +162,7 @@ pub async fn handle(
     let limits = &snap.config.listeners[lid as usize].limits;
     if let Some((status, reason)) = strict_framing(&req, limits.max_body_bytes) {
         tracing::debug!(client = %conn.peer, reason, "request refused before routing");
-        line.path = Some(req.uri().path().to_string());
+        line.path = Some(req.uri().path().into());
         return Ok(local(
             &conn,
             line,
@@ -181,13 +181,13 @@ pub async fn handle(
         _ => HttpVersion::Http11,
     };
     let uri = req.uri();
-    let target: String = match (uri.scheme(), uri.path_and_query()) {
-        (Some(_), _) if !h2 => uri.to_string(),
-        (_, Some(p)) => p.as_str().to_string(),
+    let target: std::borrow::Cow<'_, str> = match (uri.scheme(), uri.path_and_query()) {
+        (Some(_), _) if !h2 => uri.to_string().into(),
+        (_, Some(p)) => p.as_str().into(),
         // Authority-form (`GET host:port`) is for CONNECT only: hand it to
         // the core as sent, which refuses it, rather than serve `/`.
-        (None, None) if !h2 => uri.to_string(),
-        _ => "/".to_string(),
+        (None, None) if !h2 => uri.to_string().into(),
+        _ => "/".into(),
     };
     let hosts: Vec<&HeaderValue> = req.headers().get_all(HOST).iter().collect();
     let authority = if h2 {
@@ -252,7 +252,7 @@ pub async fn handle(
         decision = decide(c);
     }
     fill_line(&mut line, &generation.names, snap, &decision);
-    let plan = Plan::of(&decision);
+    let plan = Plan::of(&decision, &line);
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
@@ -291,27 +291,28 @@ pub async fn handle(
 }
 
 /// What forwarding needs from a decision, owned, so the request can move.
+/// (Host, path and query are the log line's: shared, not copied.)
 struct Plan {
     listener: Option<u32>,
     tenant: Option<u32>,
     route: Option<u32>,
     group: Option<u32>,
-    host: Option<String>,
-    path: Option<String>,
-    query: Option<String>,
+    host: Option<Name>,
+    path: Option<Name>,
+    query: Option<Name>,
     identity: Option<String>,
 }
 
 impl Plan {
-    fn of(d: &Decision<'_>) -> Plan {
+    fn of(d: &Decision<'_>, line: &LogLine) -> Plan {
         Plan {
             listener: d.listener,
             tenant: d.tenant,
             route: d.route,
             group: d.group,
-            host: d.host.as_deref().map(str::to_string),
-            path: d.path.as_deref().map(str::to_string),
-            query: d.query.map(str::to_string),
+            host: line.host.clone(),
+            path: line.path.clone(),
+            query: line.query.clone(),
             identity: d.identity.as_deref().map(str::to_string),
         }
     }
@@ -330,9 +331,9 @@ fn fill_line(line: &mut LogLine, names: &Names, snap: &Snapshot, d: &Decision<'_
         line.group_zone = names.zones.get(zone as usize).cloned();
     }
     line.decision = d.kind.as_str();
-    line.host = d.host.as_deref().map(str::to_string);
-    line.path = d.path.as_deref().map(str::to_string);
-    line.query = d.query.map(str::to_string);
+    line.host = d.host.as_deref().map(Name::from);
+    line.path = d.path.as_deref().map(Name::from);
+    line.query = d.query.map(Name::from);
 }
 
 /// Answer locally with a JSON error, logging the request.
@@ -370,8 +371,15 @@ fn is_upgrade(req: &http::Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// 128 random bits as 32 lowercase hex digits.
+fn new_request_id() -> Name {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let id: String = (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
+        .collect();
+    id.into()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -440,7 +448,7 @@ async fn forward(
     } else {
         None
     };
-    let request_id = trusted_id.unwrap_or_else(new_request_id);
+    let request_id = trusted_id.map_or_else(new_request_id, Name::from);
     line.request_id = Some(request_id.clone());
     // Known before the body is wrapped: a request without one can be replayed.
     let replayable = idempotent(&parts.method) && hyper::body::Body::is_end_stream(&body);

@@ -62,7 +62,7 @@ pub async fn serve(
         line.group_zone = names.zones.get(g.zone as usize).cloned();
         line.tenant = names.tenants.get(g.tenant as usize).cloned();
     }
-    line.host = d.host.as_deref().map(str::to_string);
+    line.host = d.host.as_deref().map(Into::into);
     let Some(gid) = d.group.filter(|_| d.is_forward()) else {
         tracing::debug!(client = %peer, reason = %d.reason, "connection refused");
         return finish(&shared, line, started, d.kind);
