@@ -19,7 +19,7 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers, never forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -31,19 +31,8 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
-/// Forwarding headers a client may not forge in an untrusted zone.
-const FORWARDING: [HeaderName; 7] = [
-    X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PORT,
-    FORWARDED,
-    X_REAL_IP,
-    X_REQUEST_ID,
-];
-
 /// Headers the proxy sets itself; `Connection` may never remove them.
-const PROXY_SET: [HeaderName; 7] = [
+static PROXY_SET: [HeaderName; 7] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
@@ -57,8 +46,15 @@ const PROXY_SET: [HeaderName; 7] = [
 /// `keep_upgrade` is set (a WebSocket handshake), `Connection: upgrade` and
 /// `Upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names decides that.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names finds which are present (most messages carry
+    // none, or only `Connection`): only those are looked up to be removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -73,8 +69,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         if let Some(u) = upgrade {
@@ -143,7 +141,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let ip_value = hop.client.ip_value.clone();
     let host = value(hop.host);
     // Room for what is added below: one growth of the map at most.
-    headers.reserve(FORWARDING.len());
+    headers.reserve(7);
     if hop.trusted {
         append(headers, X_FORWARDED_FOR, ip);
         append(headers, FORWARDED, &forwarded);
@@ -156,15 +154,15 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         set_if_absent(headers, X_REAL_IP, ip_value);
         set_if_absent(headers, X_REQUEST_ID, value(hop.request_id));
     } else {
-        for name in &FORWARDING {
-            headers.remove(name);
-        }
-        put(headers, X_FORWARDED_FOR, ip_value.clone());
+        // Every forwarding header is replaced (or removed when its value
+        // cannot be written): nothing the client sent survives.
+        headers.remove(X_FORWARDED_PORT);
+        replace(headers, X_FORWARDED_FOR, ip_value.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
-        put(headers, X_FORWARDED_HOST, host.clone());
-        put(headers, X_REAL_IP, ip_value);
-        put(headers, FORWARDED, owned_value(forwarded));
-        put(headers, X_REQUEST_ID, value(hop.request_id));
+        replace(headers, X_FORWARDED_HOST, host.clone());
+        replace(headers, X_REAL_IP, ip_value);
+        replace(headers, FORWARDED, owned_value(forwarded));
+        replace(headers, X_REQUEST_ID, value(hop.request_id));
     }
     put(headers, HOST, host);
 }
@@ -198,6 +196,17 @@ fn owned_value(text: String) -> Option<HeaderValue> {
 fn put(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
     if let Some(v) = value {
         headers.insert(name, v);
+    }
+}
+
+fn replace(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
     }
 }
 

@@ -256,8 +256,7 @@ pub async fn handle(
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
-            let forwarding = forward(req, conn, &generation, plan, line, started, raw_host, busy);
-            Ok(Box::pin(forwarding).await)
+            Ok(forward(req, conn, &generation, plan, line, started, raw_host, busy).await)
         }
         Answer::Redirect { location, status } => {
             let mut resp = Response::new(full(Bytes::new()));
@@ -375,11 +374,11 @@ fn is_upgrade(req: &http::Request<Incoming>) -> bool {
 fn new_request_id() -> Name {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    let id: String = (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
-        .collect();
-    id.into()
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[((bits >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    Name::from(std::str::from_utf8(&id).unwrap_or_default())
 }
 
 #[allow(clippy::too_many_arguments)]

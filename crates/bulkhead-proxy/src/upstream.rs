@@ -382,10 +382,7 @@ impl GroupRuntime {
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let pool = match &self.pools[target] {
             TargetPool::H1(pool) => {
-                // Boxed: the exchange's state is large, and moving it
-                // through every enclosing future cost more than one allocation.
-                let sending = Box::pin(pool.send(req, connect));
-                return match tokio::time::timeout(first_byte, sending).await {
+                return match tokio::time::timeout(first_byte, pool.send(req, connect)).await {
                     Err(_) => Err(UpstreamError::Timeout(
                         "no response before the first-byte timeout",
                     )),
