@@ -143,6 +143,11 @@ impl Balancer {
         }
     }
 
+    /// Does this balancer use the request's hash key?
+    pub fn hashes(&self) -> bool {
+        self.kind == Balance::ConsistentHash
+    }
+
     /// Choose an available target. `random` is a fresh random number,
     /// `hash` the request's consistent-hash key (when the group hashes).
     pub fn pick(&self, targets: &[TargetState], random: u64, hash: Option<u64>) -> Option<usize> {

@@ -335,7 +335,12 @@ impl GroupRuntime {
             },
         };
         let random: u64 = rand::random();
-        let hash = self.hash_key(&key);
+        // Only the hash ring needs the key (a client IP is formatted for it).
+        let hash = if self.balancer.hashes() {
+            self.hash_key(&key)
+        } else {
+            None
+        };
         let Some(target) = self.balancer.pick(&self.targets, random, hash) else {
             release(self);
             return Err(UpstreamError::Unavailable("no healthy target"));
