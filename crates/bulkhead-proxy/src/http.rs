@@ -256,7 +256,11 @@ pub async fn handle(
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
-            Ok(forward(req, conn, &generation, plan, line, started, raw_host, busy).await)
+            // Boxed: hyper keeps the service future inside every connection's
+            // task, idle or not, so the large forwarding state lives on the
+            // heap only while a request is being forwarded.
+            let forwarding = forward(req, conn, &generation, plan, line, started, raw_host, busy);
+            Ok(Box::pin(forwarding).await)
         }
         Answer::Redirect { location, status } => {
             let mut resp = Response::new(full(Bytes::new()));

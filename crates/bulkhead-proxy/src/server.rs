@@ -170,68 +170,88 @@ async fn serve_http(
 ) {
     match tls {
         None => serve_hyper(stream, peer, listener, shared, None, limits, life).await,
+        // Boxed: a TLS connection's state (handshake, rustls session, hyper
+        // over TLS) is much larger than a plain one's, and every plain
+        // connection's task would otherwise be sized for it.
         Some(config) => {
-            let handshake = async {
-                let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
-                    .await
-                    .map_err(|_| None)?;
-                let sni = start
-                    .client_hello()
-                    .server_name()
-                    .map(|s| s.to_ascii_lowercase());
-                start
-                    .into_stream(config)
-                    .await
-                    .map_err(|_| sni.clone())
-                    .map(|s| (s, sni))
-            };
-            match tokio::time::timeout(limits.header_timeout, handshake).await {
-                Ok(Ok((tls_stream, sni))) => {
-                    let (_, session) = tls_stream.get_ref();
-                    let version = match session.protocol_version() {
-                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                        _ => "TLS",
-                    };
-                    let mut credentials = Credentials::default();
-                    if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
-                        let (uris, dns) = bulkhead_config::tls::peer_identities(cert.as_ref());
-                        credentials.cert_uris = uris;
-                        credentials.cert_dns = dns;
-                        credentials.mtls = true;
-                    }
-                    let facts = TlsFacts {
-                        sni,
-                        version,
-                        credentials,
-                    };
-                    serve_hyper(
-                        tls_stream,
-                        peer,
-                        listener,
-                        shared,
-                        Some(facts),
-                        limits,
-                        life,
-                    )
-                    .await;
-                }
-                Ok(Err(sni)) => {
-                    tracing::debug!(client = %peer, "TLS handshake failed");
-                    log_refused(
-                        &shared,
-                        &listener,
-                        peer,
-                        DecisionKind::TlsRejected,
-                        Some(TlsInfo {
-                            sni,
-                            ..TlsInfo::default()
-                        }),
-                    );
-                }
-                Err(_) => log_refused(&shared, &listener, peer, DecisionKind::ClientTimeout, None),
-            }
+            Box::pin(serve_tls(
+                stream, peer, listener, shared, config, limits, life,
+            ))
+            .await;
         }
+    }
+}
+
+/// TLS handshake (certificate by SNI), then HTTP over it.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    config: Arc<rustls::ServerConfig>,
+    limits: ListenerLimits,
+    life: Lifecycle,
+) {
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+            .await
+            .map_err(|_| None)?;
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(|s| s.to_ascii_lowercase());
+        start
+            .into_stream(config)
+            .await
+            .map_err(|_| sni.clone())
+            .map(|s| (s, sni))
+    };
+    match tokio::time::timeout(limits.header_timeout, handshake).await {
+        Ok(Ok((tls_stream, sni))) => {
+            let (_, session) = tls_stream.get_ref();
+            let version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            };
+            let mut credentials = Credentials::default();
+            if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+                let (uris, dns) = bulkhead_config::tls::peer_identities(cert.as_ref());
+                credentials.cert_uris = uris;
+                credentials.cert_dns = dns;
+                credentials.mtls = true;
+            }
+            let facts = TlsFacts {
+                sni,
+                version,
+                credentials,
+            };
+            serve_hyper(
+                tls_stream,
+                peer,
+                listener,
+                shared,
+                Some(facts),
+                limits,
+                life,
+            )
+            .await;
+        }
+        Ok(Err(sni)) => {
+            tracing::debug!(client = %peer, "TLS handshake failed");
+            log_refused(
+                &shared,
+                &listener,
+                peer,
+                DecisionKind::TlsRejected,
+                Some(TlsInfo {
+                    sni,
+                    ..TlsInfo::default()
+                }),
+            );
+        }
+        Err(_) => log_refused(&shared, &listener, peer, DecisionKind::ClientTimeout, None),
     }
 }
 
