@@ -8,8 +8,8 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// `tls` field of a log line.
@@ -169,6 +169,10 @@ pub struct AccessLogger {
     tx: Option<mpsc::Sender<LogLine>>,
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
+    /// Lines queued so far, and lines the writer has written and flushed:
+    /// [`AccessLogger::flush`] waits for the second to catch up.
+    queued: Arc<AtomicU64>,
+    written: Arc<(Mutex<u64>, Condvar)>,
 }
 
 /// Lines that may wait for the writer; past this, lines are counted as dropped
@@ -182,6 +186,8 @@ impl AccessLogger {
             tx: None,
             dropped: Arc::new(AtomicU64::new(0)),
             reopen: Arc::new(AtomicBool::new(false)),
+            queued: Arc::default(),
+            written: Arc::default(),
         }
     }
 
@@ -196,14 +202,18 @@ impl AccessLogger {
         let (tx, rx) = mpsc::channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
+        let written: Arc<(Mutex<u64>, Condvar)> = Arc::default();
+        let progress = written.clone();
         // Writing is blocking I/O: give it its own thread so request workers never wait on it.
         std::thread::Builder::new()
             .name("bulkhead-access-log".into())
-            .spawn(move || write_loop(rx, sink, &flag))?;
+            .spawn(move || write_loop(rx, sink, &flag, &progress))?;
         Ok(AccessLogger {
             tx: Some(tx),
             dropped: Arc::new(AtomicU64::new(0)),
             reopen,
+            queued: Arc::default(),
+            written,
         })
     }
 
@@ -217,8 +227,22 @@ impl AccessLogger {
         if let Some(tx) = &self.tx {
             if tx.try_send(line).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.queued.fetch_add(1, Ordering::Release);
             }
         }
+    }
+
+    /// Wait (blocking, at most `timeout`) until every line queued so far is
+    /// written and flushed: a stopping process loses no line. False on timeout.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let target = self.queued.load(Ordering::Acquire);
+        let (count, changed) = &*self.written;
+        let written = count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (written, _) = changed
+            .wait_timeout_while(written, timeout, |w| *w < target)
+            .unwrap_or_else(PoisonError::into_inner);
+        *written >= target
     }
 
     /// Lines dropped because the writer fell behind.
@@ -248,7 +272,12 @@ fn writer(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-fn write_loop(mut rx: mpsc::Receiver<LogLine>, mut sink: Sink, reopen: &AtomicBool) {
+fn write_loop(
+    mut rx: mpsc::Receiver<LogLine>,
+    mut sink: Sink,
+    reopen: &AtomicBool,
+    progress: &(Mutex<u64>, Condvar),
+) {
     let Ok(w) = writer(&sink) else { return };
     let mut out = std::io::BufWriter::with_capacity(64 << 10, w);
     while let Some(line) = rx.blocking_recv() {
@@ -269,13 +298,49 @@ fn write_loop(mut rx: mpsc::Receiver<LogLine>, mut sink: Sink, reopen: &AtomicBo
             }
         }
         let mut next = Some(line);
+        let mut batch = 0u64;
         while let Some(line) = next {
             if serde_json::to_writer(&mut out, &line).is_ok() {
                 let _ = out.write_all(b"\n");
             }
+            batch += 1;
             next = rx.try_recv().ok();
         }
         let _ = out.flush();
+        let (count, changed) = progress;
+        *count.lock().unwrap_or_else(PoisonError::into_inner) += batch;
+        changed.notify_all();
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_waits_until_every_queued_line_is_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let logger = AccessLogger::start(&AccessLog::File(path.clone())).expect("start");
+        for i in 0..500u16 {
+            logger.log(LogLine {
+                status: Some(i),
+                decision: "forward",
+                ..LogLine::default()
+            });
+        }
+        assert!(logger.flush(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 500);
+        assert!(text
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("\"status\":499")));
+    }
+
+    #[test]
+    fn flush_of_a_logger_that_is_off_returns_at_once() {
+        assert!(AccessLogger::off().flush(Duration::from_millis(1)));
+    }
 }

@@ -239,6 +239,9 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     println!("{}", demo.instructions());
     crate::run::wait_for_stop().await?;
     let drained = demo.proxy.shutdown(std::time::Duration::from_secs(5)).await;
+    let logger = demo.proxy.logger().clone();
+    let _ =
+        tokio::task::spawn_blocking(move || logger.flush(std::time::Duration::from_secs(5))).await;
     println!(
         "stopped{}",
         if drained {

@@ -148,6 +148,12 @@ async fn serve(
     if !proxy.shutdown(drain).await {
         tracing::warn!("drain timeout reached; closing the connections left");
     }
+    // Every request served has its line: wait for the writer to catch up.
+    let logger = proxy.logger().clone();
+    let flushed = tokio::task::spawn_blocking(move || logger.flush(Duration::from_secs(5))).await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::warn!("the access log could not be flushed before exit");
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
