@@ -724,19 +724,30 @@ impl Miss {
             let current = store.epoch.load(Ordering::SeqCst) == self.epoch
                 && !store.invalidated_since(&self.primary, self.looked_up);
             if current && u64::from(entry.weight) <= store.config.max_bytes {
-                let index = match store.index.get(&self.primary).await {
-                    Some(index) if *index.names == *vary => index,
-                    _ => {
-                        let index = Arc::new(Index {
-                            names: vary.into(),
-                            version: store.versions.fetch_add(1, Ordering::SeqCst),
-                        });
-                        store
-                            .index
-                            .insert(self.primary.clone(), index.clone())
-                            .await;
-                        index
-                    }
+                let new_index = |names: Vec<HeaderName>| {
+                    Arc::new(Index {
+                        names: names.into(),
+                        version: store.versions.fetch_add(1, Ordering::SeqCst),
+                    })
+                };
+                // `get_with` makes the index once even when two variants of
+                // one resource are stored at the same time: each made its
+                // own before, and the later one orphaned the other's object.
+                let vary_names = vary.clone();
+                let index = store
+                    .index
+                    .get_with(self.primary.clone(), async { new_index(vary_names) })
+                    .await;
+                let index = if *index.names == *vary {
+                    index
+                } else {
+                    // The resource's Vary changed: its old variants go.
+                    let index = new_index(vary);
+                    store
+                        .index
+                        .insert(self.primary.clone(), index.clone())
+                        .await;
+                    index
                 };
                 let key = ObjectKey::new(self.primary.clone(), &index, &self.request.headers);
                 store.objects.insert(key, Arc::new(entry)).await;
