@@ -214,24 +214,28 @@ impl Pool {
             framing: head.framing,
             reusable: head.keep_alive && request_done,
         };
-        let mut resp = http::Response::new(ResponseBody::empty(self.clone()));
+        let mut upgraded = None;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS && ask.upgrade {
+            // The connection leaves the pool's world: the body is empty.
+            let leftover = conn.buf.split().freeze();
+            upgraded = Some(UpgradeSlot(Arc::new(Mutex::new(Some(Upgraded {
+                io: conn.io,
+                leftover,
+            })))));
+            body.framing = Framing::Empty;
+        } else {
+            body.conn = Some(conn);
+            if body.framing == Framing::Empty {
+                body.finish();
+            }
+        }
+        let mut resp = http::Response::new(body);
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
-        if head.status == StatusCode::SWITCHING_PROTOCOLS && ask.upgrade {
-            let leftover = conn.buf.split().freeze();
-            resp.extensions_mut()
-                .insert(UpgradeSlot(Arc::new(Mutex::new(Some(Upgraded {
-                    io: conn.io,
-                    leftover,
-                })))));
-            return resp;
+        if let Some(slot) = upgraded {
+            resp.extensions_mut().insert(slot);
         }
-        body.conn = Some(conn);
-        if body.framing == Framing::Empty {
-            body.finish();
-        }
-        *resp.body_mut() = body;
         resp
     }
 }
@@ -530,7 +534,7 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
         let framing = Framing::of(status, ask.head_request, &headers)?;
         let keep_alive = version == Version::HTTP_11
             && framing != Framing::UntilClose
-            && !has_token(&headers, CONNECTION, "close");
+            && !crate::headers::has_token(&headers, CONNECTION, "close");
         return Ok(Some(Head {
             status,
             version,
@@ -539,15 +543,6 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
             keep_alive,
         }));
     }
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -586,16 +581,10 @@ impl Framing {
             if headers.contains_key(CONTENT_LENGTH) {
                 return Err("response with both Content-Length and Transfer-Encoding".into());
             }
-            let last = headers
-                .get_all(TRANSFER_ENCODING)
-                .iter()
-                .next_back()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim);
-            return Ok(match last {
-                Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunk::Size),
-                _ => Framing::UntilClose,
+            return Ok(if crate::headers::chunked_is_final(headers) {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
             });
         }
         let mut length = None;
@@ -633,15 +622,6 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    fn empty(pool: Arc<Pool>) -> ResponseBody {
-        ResponseBody {
-            conn: None,
-            pool,
-            framing: Framing::Empty,
-            reusable: false,
-        }
-    }
-
     /// The body is over: hand the connection back if it is clean.
     fn finish(&mut self) {
         self.framing = Framing::Empty;

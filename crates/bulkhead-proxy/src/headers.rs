@@ -122,6 +122,28 @@ impl ClientAddr {
     }
 }
 
+/// Does a comma-separated header (`Connection`, say) list `token`?
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Is `chunked` the final transfer coding (RFC 9112 §6.3: the message is
+/// then chunked; any other final coding leaves it unframed)?
+pub fn chunked_is_final(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
 /// What the proxy knows about the hop it adds.
 pub struct Hop<'a> {
     /// The client's address.

@@ -103,12 +103,7 @@ fn strict_framing(
         if h.contains_key(CONTENT_LENGTH) {
             return Some((400, "both Content-Length and Transfer-Encoding"));
         }
-        let last = te
-            .last()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        if !last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        if !headers::chunked_is_final(h) {
             return Some((400, "Transfer-Encoding whose final coding is not chunked"));
         }
     }
@@ -365,13 +360,7 @@ fn finish_local(conn: &Conn, mut line: LogLine, started: Instant, status: u16, b
 fn is_upgrade(req: &http::Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
-        && req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && headers::has_token(req.headers(), CONNECTION, "upgrade")
 }
 
 /// 128 random bits as 32 lowercase hex digits.
