@@ -166,3 +166,43 @@ impl<B: Body<Data = Bytes>> Body for Logged<B> {
         self.inner.size_hint()
     }
 }
+
+/// A client request's body: hyper's, or none at all (a request the
+/// HTTP/1.x fast path in `h1_server` parsed: it takes only requests without
+/// a body).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// A body hyper is reading.
+    Hyper(hyper::body::Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}

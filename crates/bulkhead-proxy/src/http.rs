@@ -3,7 +3,7 @@
 //! and exactly one access-log line either way.
 
 use crate::access_log::{LogLine, Name, Names};
-use crate::body::{Counted, LogGuard, Logged};
+use crate::body::{Counted, LogGuard, Logged, RequestBody};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
 use crate::upstream::{elapsed_ms, HashKey, ProxyBody, UpstreamError};
@@ -19,7 +19,6 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -91,7 +90,7 @@ fn error_response(status: u16, kind: DecisionKind, close: bool) -> Response<Prox
 /// RFC 9112 §6: the framing checks hyper leaves to us. Returns the status
 /// to answer with when the request must be refused (and the connection closed).
 fn strict_framing(
-    req: &http::Request<Incoming>,
+    req: &http::Request<RequestBody>,
     max_body: Option<u64>,
 ) -> Option<(u16, &'static str)> {
     let h = req.headers();
@@ -124,7 +123,7 @@ fn strict_framing(
 
 /// Serve one request.
 pub async fn handle(
-    req: http::Request<Incoming>,
+    req: http::Request<RequestBody>,
     conn: Arc<Conn>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -357,7 +356,7 @@ fn finish_local(conn: &Conn, mut line: LogLine, started: Instant, status: u16, b
     conn.shared.record(line);
 }
 
-fn is_upgrade(req: &http::Request<Incoming>) -> bool {
+fn is_upgrade(req: &http::Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && headers::has_token(req.headers(), CONNECTION, "upgrade")
@@ -376,7 +375,7 @@ fn new_request_id() -> Name {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    mut req: http::Request<Incoming>,
+    mut req: http::Request<RequestBody>,
     conn: Arc<Conn>,
     generation: &Generation,
     d: Plan,

@@ -21,6 +21,7 @@ pub mod balance;
 mod body;
 pub mod cache;
 pub mod client_hello;
+mod h1_server;
 pub mod h1_upstream;
 pub mod headers;
 pub mod health;

@@ -4,6 +4,8 @@
 //! splice for tcp / tls-passthrough listeners. Connections drain on shutdown.
 
 use crate::access_log::{LogLine, TlsInfo};
+use crate::body::RequestBody;
+use crate::h1_server::{self, Rewind, Served};
 use crate::http::{handle, Conn, TlsFacts};
 use crate::timers::{ConnTimers, TimedIo, Verdict};
 use crate::{stream, Shared};
@@ -169,7 +171,7 @@ async fn serve_http(
     _permit: OwnedSemaphorePermit,
 ) {
     match tls {
-        None => serve_hyper(stream, peer, listener, shared, None, limits, life).await,
+        None => serve_http_conn(stream, false, peer, listener, shared, None, limits, life).await,
         // Boxed: a TLS connection's state (handshake, rustls session, hyper
         // over TLS) is much larger than a plain one's, and every plain
         // connection's task would otherwise be sized for it.
@@ -222,13 +224,15 @@ async fn serve_tls(
                 credentials.cert_dns = dns;
                 credentials.mtls = true;
             }
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let facts = TlsFacts {
                 sni,
                 version,
                 credentials,
             };
-            serve_hyper(
+            serve_http_conn(
                 tls_stream,
+                h2,
                 peer,
                 listener,
                 shared,
@@ -255,8 +259,14 @@ async fn serve_tls(
     }
 }
 
-async fn serve_hyper<I>(
+/// One HTTP connection: HTTP/1.x requests on the fast path (`h1_server`)
+/// while they fit it, then hyper (HTTP/2 — ALPN `h2` or the prior-knowledge
+/// preface — and every HTTP/1.x request the fast path hands over) for the
+/// rest of the connection. `alpn_h2`: TLS chose HTTP/2, so hyper from the start.
+#[allow(clippy::too_many_arguments)]
+async fn serve_http_conn<I>(
     io: I,
+    alpn_h2: bool,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
@@ -264,7 +274,12 @@ async fn serve_hyper<I>(
     limits: ListenerLimits,
     life: Lifecycle,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::h1_server::WaitReadable
+        + Unpin
+        + Send
+        + 'static,
 {
     let timers = ConnTimers::new();
     let log_ctx = (
@@ -281,18 +296,41 @@ async fn serve_hyper<I>(
         tls,
         timers: timers.clone(),
     });
-    let service = service_fn(move |req| handle(req, conn.clone()));
+    let max_head = usize::try_from(limits.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192);
+    let io = TimedIo::new(io, timers.clone());
+    let io = if alpn_h2 {
+        Rewind::new(bytes::Bytes::new(), io)
+    } else {
+        let fast = h1_server::serve(io, conn.clone(), life.drain.clone(), max_head);
+        tokio::pin!(fast);
+        let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
+        loop {
+            tokio::select! {
+                served = fast.as_mut() => match served {
+                    Served::Closed => return,
+                    Served::Fallback(io) => break io,
+                },
+                _ = tokio::time::sleep_until(check_at) => {
+                    match watchdog(&timers, &limits, &log_ctx) {
+                        Some(next) => check_at = next,
+                        None => return,
+                    }
+                }
+            }
+        }
+    };
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        handle(req.map(RequestBody::Hyper), conn.clone())
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         // Header and idle timeouts are ours (see `timers`): hyper's would cut idle keep-alives early.
         .header_read_timeout(None)
-        .max_buf_size(
-            usize::try_from(limits.max_header_bytes)
-                .unwrap_or(usize::MAX)
-                .max(8192),
-        )
+        .max_buf_size(max_head)
         .keep_alive(true);
     builder
         .http2()
@@ -301,8 +339,7 @@ async fn serve_hyper<I>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(TimedIo::new(io, timers.clone())), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
     loop {
@@ -320,23 +357,36 @@ async fn serve_hyper<I>(
                 return;
             }
             _ = tokio::time::sleep_until(check_at) => {
-                match timers.verdict(limits.header_timeout, limits.idle_timeout) {
-                    Verdict::Wait(next) => check_at = next.into(),
-                    Verdict::HeaderTimeout => {
-                        tracing::debug!(client = %peer, "headers not received within header_timeout; closing");
-                        // DESIGN §4: closed, logged as `client_timeout` (status null).
-                        let (shared, listener, peer, tls) = &log_ctx;
-                        shared.record(LogLine {
-                            decision: DecisionKind::ClientTimeout.as_str(),
-                            tls: tls.clone(),
-                            ..connection_line(shared, listener, *peer)
-                        });
-                        return;
-                    }
-                    Verdict::IdleTimeout => return,
+                match watchdog(&timers, &limits, &log_ctx) {
+                    Some(next) => check_at = next,
+                    None => return,
                 }
             }
         }
+    }
+}
+
+/// The connection's clocks at a check: when to look again, or `None` when
+/// it must close (an idle timeout; a header timeout, which is logged).
+fn watchdog(
+    timers: &ConnTimers,
+    limits: &ListenerLimits,
+    log_ctx: &(Arc<Shared>, Arc<str>, SocketAddr, Option<TlsInfo>),
+) -> Option<tokio::time::Instant> {
+    match timers.verdict(limits.header_timeout, limits.idle_timeout) {
+        Verdict::Wait(next) => Some(next.into()),
+        Verdict::HeaderTimeout => {
+            let (shared, listener, peer, tls) = log_ctx;
+            tracing::debug!(client = %peer, "headers not received within header_timeout; closing");
+            // DESIGN §4: closed, logged as `client_timeout` (status null).
+            shared.record(LogLine {
+                decision: DecisionKind::ClientTimeout.as_str(),
+                tls: tls.clone(),
+                ..connection_line(shared, listener, *peer)
+            });
+            None
+        }
+        Verdict::IdleTimeout => None,
     }
 }
 

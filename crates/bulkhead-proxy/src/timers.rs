@@ -132,6 +132,12 @@ impl<T> TimedIo<T> {
     }
 }
 
+impl<T: crate::h1_server::WaitReadable> crate::h1_server::WaitReadable for TimedIo<T> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_readable(cx)
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for TimedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,0 +1,661 @@
+//! The HTTP/1.x fast path on the client side: the common request — a
+//! `GET`, `HEAD`, `DELETE`… with no body — parsed in place, answered and
+//! written back without hyper's per-connection machinery, and no buffer held
+//! between keep-alive requests.
+//!
+//! Anything else goes to hyper, unchanged: a request with a body
+//! (`Content-Length` other than 0, `Transfer-Encoding`), `Expect`, `Upgrade`,
+//! `CONNECT`, HTTP/2's preface, a head httparse or the `http` crate refuses,
+//! one with more headers than [`MAX_HEADERS`] or over `max_header_bytes`.
+//! [`serve`] then returns the connection with every byte it read
+//! ([`Served::Fallback`]), hyper serves the rest of the connection, and its
+//! checks and errors (400, 413, 431, the smuggling refusals) stay the ones
+//! the rest of the proxy's tests pin down.
+
+use crate::body::RequestBody;
+use crate::http::{handle, Conn};
+use crate::upstream::ProxyBody;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, Method, Response, StatusCode, Uri, Version};
+use hyper::body::Body;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+/// Headers a fast-path request may carry; more go to hyper (which takes 100).
+pub const MAX_HEADERS: usize = 64;
+/// The first read's buffer; it grows up to the listener's `max_header_bytes`.
+const FIRST_READ: usize = 4096;
+/// Response bytes gathered from a body that is ready before one write.
+const MAX_GATHER: usize = 256 * 1024;
+
+/// An IO whose readability can be awaited without lending it a buffer, so
+/// an idle keep-alive connection holds none.
+pub trait WaitReadable {
+    /// Ready when a read would not block (or the IO cannot tell).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl WaitReadable for tokio::net::TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl<T> WaitReadable for tokio_rustls::server::TlsStream<T> {
+    // rustls keeps its own buffers; it is read directly.
+    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How a connection left the fast path.
+pub enum Served<I> {
+    /// It is closed (or done with: the client left, the proxy drains).
+    Closed,
+    /// A request hyper must serve: the connection, with the bytes read from it.
+    Fallback(Rewind<I>),
+}
+
+/// Serve HTTP/1.x requests on `io` until the connection ends or a request
+/// needs hyper. `max_head`: the listener's `max_header_bytes` (at least 8 KiB,
+/// as hyper's buffer).
+pub async fn serve<I>(
+    mut io: I,
+    conn: Arc<Conn>,
+    drain: CancellationToken,
+    max_head: usize,
+) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.is_empty() {
+            // Idle: give the buffer back and wait for the next request's first byte.
+            buf = BytesMut::new();
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => return Served::Closed,
+                ready = poll_fn(|cx| io.poll_readable(cx)) => if ready.is_err() { return Served::Closed },
+            }
+        }
+        let (req, keep_alive) = loop {
+            match parse(&mut buf) {
+                Parsed::Request(req, keep_alive) => break (*req, keep_alive),
+                Parsed::NotOurs => return Served::Fallback(Rewind::new(buf.freeze(), io)),
+                Parsed::Partial if buf.len() >= max_head => {
+                    return Served::Fallback(Rewind::new(buf.freeze(), io))
+                }
+                Parsed::Partial => {
+                    buf.reserve(FIRST_READ.min(max_head - buf.len()));
+                    match io.read_buf(&mut buf).await {
+                        Ok(0) if buf.is_empty() => return Served::Closed,
+                        // A head cut short: hyper answers it as it always has.
+                        Ok(0) => return Served::Fallback(Rewind::new(buf.freeze(), io)),
+                        Ok(_) => {}
+                        Err(_) => return Served::Closed,
+                    }
+                }
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        let version = req.version();
+        let Some(resp) = answer(&mut io, &mut buf, req, &conn, max_head).await else {
+            return Served::Closed;
+        };
+        let keep_alive = keep_alive && !drain.is_cancelled();
+        match write_response(&mut io, resp, version, head_only, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = io.shutdown().await;
+                return Served::Closed;
+            }
+        }
+    }
+}
+
+/// The proxy's answer to `req`. Bytes the client sends meanwhile (a pipelined
+/// request) are read ahead into `buf`; the client closing its side cancels
+/// the request (`None`), as hyper does.
+async fn answer<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    req: http::Request<RequestBody>,
+    conn: &Arc<Conn>,
+    max_head: usize,
+) -> Option<Response<ProxyBody>>
+where
+    I: AsyncRead + Unpin,
+{
+    let handling = handle(req, conn.clone());
+    tokio::pin!(handling);
+    loop {
+        tokio::select! {
+            resp = &mut handling => return resp.ok(),
+            read = async { buf.reserve(FIRST_READ); io.read_buf(buf).await }, if buf.len() < max_head => {
+                match read {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Request(Box<http::Request<RequestBody>>, bool),
+    Partial,
+    NotOurs,
+}
+
+/// Parse one request head from the front of `buf` (removing it) if it is
+/// complete and a fast-path request; the bool says whether the client keeps
+/// the connection alive after it.
+fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::NotOurs,
+    };
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Parsed::NotOurs,
+    };
+    let Some(Ok(method)) = parsed.method.map(|m| Method::from_bytes(m.as_bytes())) else {
+        return Parsed::NotOurs;
+    };
+    if method == Method::CONNECT {
+        return Parsed::NotOurs;
+    }
+    // Offsets into the head, so names and values can share its bytes.
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let Some(path) = parsed.path.map(|p| offset(p.as_bytes())) else {
+        return Parsed::NotOurs;
+    };
+    let mut fields = [((0, 0), (0, 0)); MAX_HEADERS];
+    let count = parsed.headers.len();
+    let mut empty_length = false;
+    for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // `Content-Length: 0` once is a request without a body; anything else is hyper's.
+            if empty_length || h.value != b"0" {
+                return Parsed::NotOurs;
+            }
+            empty_length = true;
+        } else if NOT_OURS.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return Parsed::NotOurs;
+        }
+        *field = (offset(name), offset(h.value));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1));
+    let (Some(map), Ok(uri)) = (header_map(&head, &fields[..count]), uri) else {
+        // Give the bytes back, in order, for hyper.
+        let mut whole = BytesMut::from(&head[..]);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Parsed::NotOurs;
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => crate::headers::has_token(&map, CONNECTION, "keep-alive"),
+        _ => !crate::headers::has_token(&map, CONNECTION, "close"),
+    };
+    let mut req = http::Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = map;
+    Parsed::Request(Box::new(req), keep_alive)
+}
+
+/// Where a name or value lies in the head: offset and length.
+type Span = (usize, usize);
+
+/// Headers that put a request outside the fast path.
+const NOT_OURS: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"upgrade"];
+
+/// The header map of a parsed head, its names and values sharing `head`'s
+/// bytes; `None` if the `http` crate refuses a name or value.
+fn header_map(head: &Bytes, fields: &[(Span, Span)]) -> Option<HeaderMap> {
+    let slice = |(start, len): Span| head.slice(start..start + len);
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for &(name, value) in fields {
+        let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1]).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+/// How the response body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked (HTTP/1.1, length unknown).
+    Chunked,
+    /// Until the connection closes (HTTP/1.0, length unknown).
+    Close,
+}
+
+/// Write `resp` for a request of `version`; `Ok(true)` when the connection
+/// may carry another request.
+async fn write_response<I>(
+    io: &mut I,
+    resp: Response<ProxyBody>,
+    version: Version,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status;
+    let mut keep_alive =
+        keep_alive && !crate::headers::has_token(&parts.headers, CONNECTION, "close");
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let stated = declared_length(&parts.headers);
+    let framing = match (stated, body.size_hint().exact()) {
+        // The headers stay as they are: they describe what a GET would have had.
+        _ if bodiless || head_only => Framing::None,
+        (Some(Ok(n)), _) => Framing::Length(n),
+        // A malformed length the response carries is not passed on.
+        (Some(Err(())), _) => {
+            parts.headers.remove(CONTENT_LENGTH);
+            keep_alive = false;
+            Framing::Close
+        }
+        (None, Some(n)) => {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            Framing::Length(n)
+        }
+        (None, None) if version == Version::HTTP_11 => {
+            parts
+                .headers
+                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            Framing::Chunked
+        }
+        (None, None) => {
+            keep_alive = false;
+            Framing::Close
+        }
+    };
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, http_date());
+    }
+    match (version, keep_alive) {
+        (Version::HTTP_11, false) => {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        (Version::HTTP_10, true) => {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        _ => {}
+    }
+    let head = encode_head(version, status, &parts.headers);
+    let mut out = Outgoing {
+        segments: vec![Bytes::from(head)],
+        gathered: 0,
+    };
+    if framing == Framing::None {
+        drop(body);
+        out.write(io).await?;
+        return Ok(keep_alive);
+    }
+    let sent = stream_body(io, body, framing, &mut out).await?;
+    match framing {
+        Framing::Length(n) if sent != n => Ok(false),
+        Framing::Close => Ok(false),
+        _ => Ok(keep_alive),
+    }
+}
+
+/// Stream `body`, writing whatever is ready in one go; returns the data bytes sent.
+async fn stream_body<I>(
+    io: &mut I,
+    body: ProxyBody,
+    framing: Framing,
+    out: &mut Outgoing,
+) -> io::Result<u64>
+where
+    I: AsyncWrite + Unpin,
+{
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
+    loop {
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                out.write(io).await?;
+                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        match frame {
+            None => {
+                if framing == Framing::Chunked {
+                    out.push(Bytes::from_static(b"0\r\n\r\n"));
+                }
+                out.write(io).await?;
+                return Ok(sent);
+            }
+            Some(Err(e)) => {
+                // The body failed (an upstream cut short): what was ready still goes out,
+                // then the connection closes, so the client sees the response end early.
+                let _ = out.write(io).await;
+                return Err(io::Error::other(e));
+            }
+            Some(Ok(frame)) => {
+                // Trailers are dropped: clients rarely ask for them (`TE: trailers`).
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                let len = data.len() as u64;
+                if let Framing::Length(n) = framing {
+                    if sent + len > n {
+                        let _ = out.write(io).await;
+                        return Err(io::Error::other("response body longer than its length"));
+                    }
+                }
+                sent += len;
+                if framing == Framing::Chunked {
+                    out.push(Bytes::from(format!("{len:x}\r\n")));
+                    out.push(data);
+                    out.push(Bytes::from_static(b"\r\n"));
+                } else {
+                    out.push(data);
+                }
+                if out.gathered >= MAX_GATHER {
+                    out.write(io).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Response bytes waiting for one vectored write.
+struct Outgoing {
+    segments: Vec<Bytes>,
+    gathered: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, b: Bytes) {
+        self.gathered += b.len();
+        self.segments.push(b);
+    }
+
+    /// Write every segment, then flush (TLS: send the records).
+    async fn write<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> io::Result<()> {
+        let mut first = 0;
+        while first < self.segments.len() {
+            let slices: Vec<IoSlice<'_>> = self.segments[first..]
+                .iter()
+                .map(|s| IoSlice::new(s))
+                .collect();
+            let mut n = io.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while first < self.segments.len() && n >= self.segments[first].len() {
+                n -= self.segments[first].len();
+                first += 1;
+            }
+            if n > 0 {
+                let rest = self.segments[first].slice(n..);
+                self.segments[first] = rest;
+            }
+        }
+        self.segments.clear();
+        self.gathered = 0;
+        io.flush().await
+    }
+}
+
+/// `Date` for now, formatted once a second per thread.
+fn http_date() -> HeaderValue {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                *cached = (second, value);
+            }
+        }
+        cached.1.clone()
+    })
+}
+
+/// The declared `Content-Length`: `None` without one, `Err` when malformed
+/// or when several disagree.
+fn declared_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let n = std::str::from_utf8(first.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match n {
+        Some(n) if values.all(|v| v == first) => Some(Ok(n)),
+        _ => Some(Err(())),
+    }
+}
+
+/// The status line and headers.
+fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let size = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>();
+    let mut head = Vec::with_capacity(size + 64);
+    head.extend_from_slice(match version {
+        Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+pin_project_lite::pin_project! {
+    /// An IO that first yields bytes already read from it.
+    pub struct Rewind<I> {
+        prefix: Bytes,
+        #[pin]
+        inner: I,
+    }
+}
+
+impl<I> Rewind<I> {
+    /// `inner`, with `prefix` to be read first.
+    pub fn new(prefix: Bytes, inner: I) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        (parse(&mut buf), buf)
+    }
+
+    #[test]
+    fn a_plain_get_is_ours_and_leaves_the_next_request_in_the_buffer() {
+        let (p, rest) =
+            parsed(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nGET /next");
+        let Parsed::Request(req, keep_alive) = p else {
+            panic!("not parsed")
+        };
+        assert!(keep_alive);
+        assert_eq!(req.uri(), "/a?b=1");
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(&rest[..], b"GET /next");
+    }
+
+    #[test]
+    fn bodies_upgrades_expectations_and_connect_go_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        ] {
+            let (p, rest) = parsed(raw);
+            assert!(
+                matches!(p, Parsed::NotOurs),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(&rest[..], raw, "the bytes stay for hyper");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert!(matches!(parsed(raw.as_bytes()).0, Parsed::NotOurs));
+    }
+
+    #[test]
+    fn an_empty_content_length_and_keep_alive_rules() {
+        let (p, _) = parsed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, true)));
+        let (p, _) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, Close\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, false)));
+        let (p, _) = parsed(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, false)));
+        let (p, _) = parsed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, true)));
+    }
+
+    #[test]
+    fn a_partial_head_waits() {
+        let (p, rest) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert!(matches!(p, Parsed::Partial));
+        assert_eq!(rest.len(), 25);
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert_eq!(declared_length(&h), Some(Ok(12)));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert_eq!(declared_length(&h), Some(Ok(12)));
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("13"));
+        assert_eq!(declared_length(&h), Some(Err(())));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("-1"));
+        assert_eq!(declared_length(&h), Some(Err(())));
+    }
+
+    #[test]
+    fn heads_are_encoded_as_hyper_writes_them() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        let head = encode_head(Version::HTTP_11, StatusCode::NOT_FOUND, &h);
+        assert_eq!(head, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\n\r\n");
+        let head = encode_head(Version::HTTP_10, StatusCode::from_u16(599).unwrap(), &h);
+        assert_eq!(head, b"HTTP/1.0 599 \r\nx-a: 1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn rewind_yields_the_prefix_first() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = Rewind::new(Bytes::from_static(b"hello"), b);
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "hello world");
+    }
+}
