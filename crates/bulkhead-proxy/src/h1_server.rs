@@ -86,7 +86,12 @@ where
             }
         }
         let (req, keep_alive) = loop {
-            match parse(&mut buf) {
+            let parsed = if buf.is_empty() {
+                Parsed::Partial
+            } else {
+                parse(&mut buf)
+            };
+            match parsed {
                 Parsed::Request(req, keep_alive) => break (*req, keep_alive),
                 Parsed::NotOurs => return Served::Fallback(Rewind::new(buf.freeze(), io)),
                 Parsed::Partial if buf.len() >= max_head => {
@@ -133,10 +138,13 @@ async fn answer<I>(
 where
     I: AsyncRead + Unpin,
 {
-    let handling = handle(req, conn.clone());
-    tokio::pin!(handling);
+    // Boxed: an idle connection's task keeps room for every state it can be
+    // in, and the request's state is large; it lives on the heap only while
+    // a request is being answered.
+    let mut handling = Box::pin(handle(req, conn.clone()));
     loop {
         tokio::select! {
+            biased;
             resp = &mut handling => return resp.ok(),
             read = async { buf.reserve(FIRST_READ); io.read_buf(buf).await }, if buf.len() < max_head => {
                 match read {

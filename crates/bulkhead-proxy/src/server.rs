@@ -296,9 +296,7 @@ async fn serve_http_conn<I>(
         tls,
         timers: timers.clone(),
     });
-    let max_head = usize::try_from(limits.max_header_bytes)
-        .unwrap_or(usize::MAX)
-        .max(8192);
+    let max_head = max_head(&limits);
     let io = TimedIo::new(io, timers.clone());
     let io = if alpn_h2 {
         Rewind::new(bytes::Bytes::new(), io)
@@ -321,6 +319,24 @@ async fn serve_http_conn<I>(
             }
         }
     };
+    // Boxed: every connection's task is sized for its largest state, and
+    // hyper's connection (several KiB) is the rare one.
+    Box::pin(serve_hyper(io, conn, timers, limits, log_ctx, life)).await;
+}
+
+/// hyper serves the rest of the connection: HTTP/2, or what the fast path handed over.
+async fn serve_hyper<I>(
+    io: Rewind<TimedIo<I>>,
+    conn: Arc<Conn>,
+    timers: Arc<ConnTimers>,
+    limits: ListenerLimits,
+    log_ctx: (Arc<Shared>, Arc<str>, SocketAddr, Option<TlsInfo>),
+    life: Lifecycle,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let max_head = max_head(&limits);
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         handle(req.map(RequestBody::Hyper), conn.clone())
     });
@@ -364,6 +380,13 @@ async fn serve_http_conn<I>(
             }
         }
     }
+}
+
+/// The longest request head read, as hyper's buffer limit (at least 8 KiB).
+fn max_head(limits: &ListenerLimits) -> usize {
+    usize::try_from(limits.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .max(8192)
 }
 
 /// The connection's clocks at a check: when to look again, or `None` when
