@@ -1230,10 +1230,14 @@ async fn refresh(
     }
     if let Err(why) = refresh_once(miss, upstream, &group, &timeouts, client_ip).await {
         tracing::debug!(why, group = %group.full_name, "cache refresh failed");
+        // A later request may try again.
+        if let Some(e) = entry {
+            e.refreshing.store(false, Ordering::SeqCst);
+        }
     }
-    if let Some(e) = entry {
-        e.refreshing.store(false, Ordering::SeqCst);
-    }
+    // After a refresh that stored its response, the replaced entry keeps its
+    // flag: a request that found it just before the store must not start a
+    // second refresh (a flaky double refresh the cache tests caught).
 }
 
 async fn refresh_once(

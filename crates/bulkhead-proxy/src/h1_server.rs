@@ -111,7 +111,7 @@ where
         };
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
-        let Some(resp) = answer(&mut io, &mut buf, req, &conn, max_head).await else {
+        let Some(resp) = answer(&mut io, &mut buf, req, &conn).await else {
             return Served::Closed;
         };
         let keep_alive = keep_alive && !drain.is_cancelled();
@@ -126,14 +126,13 @@ where
 }
 
 /// The proxy's answer to `req`. Bytes the client sends meanwhile (a pipelined
-/// request) are read ahead into `buf`; the client closing its side cancels
-/// the request (`None`), as hyper does.
+/// request) are read ahead into an empty `buf`; the client closing its side
+/// then cancels the request (`None`), as hyper does.
 async fn answer<I>(
     io: &mut I,
     buf: &mut BytesMut,
     req: http::Request<RequestBody>,
     conn: &Arc<Conn>,
-    max_head: usize,
 ) -> Option<Response<ProxyBody>>
 where
     I: AsyncRead + Unpin,
@@ -146,7 +145,9 @@ where
         tokio::select! {
             biased;
             resp = &mut handling => return resp.ok(),
-            read = async { buf.reserve(FIRST_READ); io.read_buf(buf).await }, if buf.len() < max_head => {
+            // Only with nothing buffered (as hyper): a client that pipelines
+            // requests and then closes its side still gets the ones it sent.
+            read = async { buf.reserve(FIRST_READ); io.read_buf(buf).await }, if buf.is_empty() => {
                 match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
@@ -279,6 +280,10 @@ where
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let stated = declared_length(&parts.headers);
+    if !(bodiless || head_only) {
+        // The framing is the proxy's to choose (it never passes one on).
+        parts.headers.remove(TRANSFER_ENCODING);
+    }
     let framing = match (stated, body.size_hint().exact()) {
         // The headers stay as they are: they describe what a GET would have had.
         _ if bodiless || head_only => Framing::None,

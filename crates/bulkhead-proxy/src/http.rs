@@ -211,7 +211,12 @@ pub async fn handle(
         (Some(h), _) => HostHeader::One(h),
         (None, _) => HostHeader::Missing,
     };
-    let raw_host = host_text.map(str::to_string);
+    // The Host the upstream sees is the one the request was routed by: an
+    // absolute-form target's authority wins over the Host header (RFC 9112 §3.2.2).
+    let raw_host = match (uri.scheme(), uri.authority()) {
+        (Some(_), Some(a)) if !h2 => Some(a.as_str().to_string()),
+        _ => host_text.map(str::to_string),
+    };
     let default_creds = Credentials::default();
     let creds = conn.tls.as_ref().map_or(&default_creds, |t| &t.credentials);
     // auth.rs: what a Bearer token proves, added to the connection's
@@ -236,6 +241,9 @@ pub async fn handle(
         })
     };
     let mut decision = decide(creds);
+    // From the first await on, a client that leaves cancels this future:
+    // the guard still writes the request's one log line (status null).
+    let mut line = Unanswered::new(line, conn.shared.clone(), started);
     // auth.rs: a 401 of a `basic` route checks the password against that
     // route's users file (only then: hashes are slow), and decides again.
     let with_user = generation
@@ -262,7 +270,7 @@ pub async fn handle(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(LOCATION, v);
             }
-            finish_local(&conn, line, started, status, 0);
+            finish_local(&conn, line.take(), started, status, 0);
             Ok(resp)
         }
         Answer::Respond {
@@ -276,13 +284,66 @@ pub async fn handle(
             if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 resp.headers_mut().insert(CONTENT_TYPE, ct);
             }
-            finish_local(&conn, line, started, status, len);
+            finish_local(&conn, line.take(), started, status, len);
             Ok(resp)
         }
         Answer::Error(status) => {
             let status = status.unwrap_or(403);
             let close = kind == DecisionKind::BadRequest;
-            Ok(local(&conn, line, started, status, kind, close))
+            Ok(local(&conn, line.take(), started, status, kind, close))
+        }
+    }
+}
+
+/// A request's log line until its answer takes it. If the request's future
+/// is dropped first — the client left while the upstream was being asked —
+/// the line is written here, with a null status: every request gets exactly
+/// one line (DESIGN §5).
+struct Unanswered {
+    line: LogLine,
+    answered: bool,
+    shared: Arc<Shared>,
+    started: Instant,
+}
+
+impl Unanswered {
+    fn new(line: LogLine, shared: Arc<Shared>, started: Instant) -> Self {
+        Unanswered {
+            line,
+            answered: false,
+            shared,
+            started,
+        }
+    }
+
+    /// The line, for whatever answers the request (and logs it).
+    fn take(&mut self) -> LogLine {
+        self.answered = true;
+        std::mem::take(&mut self.line)
+    }
+}
+
+impl std::ops::Deref for Unanswered {
+    type Target = LogLine;
+    fn deref(&self) -> &LogLine {
+        &self.line
+    }
+}
+
+impl std::ops::DerefMut for Unanswered {
+    fn deref_mut(&mut self) -> &mut LogLine {
+        &mut self.line
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::debug!("request cancelled: the client went away");
+            let mut line = std::mem::take(&mut self.line);
+            line.status = None;
+            line.duration_ms = elapsed_ms(self.started);
+            self.shared.record(line);
         }
     }
 }
@@ -379,7 +440,7 @@ async fn forward(
     conn: Arc<Conn>,
     generation: &Generation,
     d: Plan,
-    mut line: LogLine,
+    mut line: Unanswered,
     started: Instant,
     raw_host: Option<String>,
     busy: Busy,
@@ -387,7 +448,14 @@ async fn forward(
     let snap = &generation.snapshot;
     let (Some(lid), Some(tid), Some(rid), Some(gid)) = (d.listener, d.tenant, d.route, d.group)
     else {
-        return local(&conn, line, started, 503, DecisionKind::Unavailable, false);
+        return local(
+            &conn,
+            line.take(),
+            started,
+            503,
+            DecisionKind::Unavailable,
+            false,
+        );
     };
     let group = generation.upstreams.group(gid).clone();
     let policy = snap.policy(lid, tid, rid, Some(gid));
@@ -398,7 +466,14 @@ async fn forward(
     // Rate limit: a token bucket per route and key (client IP, identity or header).
     if let Some(limiter) = generation.policies.limiter(lid, tid, rid) {
         if let Err(wait) = limiter.check(conn.peer.ip(), d.identity.as_deref(), req.headers()) {
-            let mut resp = local(&conn, line, started, 429, DecisionKind::RateLimited, false);
+            let mut resp = local(
+                &conn,
+                line.take(),
+                started,
+                429,
+                DecisionKind::RateLimited,
+                false,
+            );
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers::set(resp.headers_mut(), "retry-after", &secs.max(1).to_string());
             return resp;
@@ -409,7 +484,14 @@ async fn forward(
         Ok(slots) => slots,
         Err(why) => {
             tracing::debug!(why, "shed by a concurrency budget");
-            return local(&conn, line, started, 503, DecisionKind::Unavailable, false);
+            return local(
+                &conn,
+                line.take(),
+                started,
+                503,
+                DecisionKind::Unavailable,
+                false,
+            );
         }
     };
     // Fault injection (a runtime override from the admin API wins over the config).
@@ -426,7 +508,7 @@ async fn forward(
                 504 => DecisionKind::Timeout,
                 _ => DecisionKind::Unavailable,
             };
-            return local(&conn, line, started, status, kind, false);
+            return local(&conn, line.take(), started, status, kind, false);
         }
     }
     let upgrade = is_upgrade(&req);
@@ -495,7 +577,16 @@ async fn forward(
     }
     parts.uri = match uri.parse() {
         Ok(u) => u,
-        Err(_) => return local(&conn, line, started, 400, DecisionKind::BadRequest, true),
+        Err(_) => {
+            return local(
+                &conn,
+                line.take(),
+                started,
+                400,
+                DecisionKind::BadRequest,
+                true,
+            )
+        }
     };
     parts.version = if h2 {
         Version::HTTP_2
@@ -532,7 +623,14 @@ async fn forward(
     {
         crate::cache::Lookup::Hit(hit) => {
             let edits = policy.headers.as_ref();
-            return hit.respond(line, &conn.shared, started, bytes_in, (busy, budget), edits);
+            return hit.respond(
+                line.take(),
+                &conn.shared,
+                started,
+                bytes_in,
+                (busy, budget),
+                edits,
+            );
         }
         crate::cache::Lookup::Go(fill) => fill,
     };
@@ -556,7 +654,7 @@ async fn forward(
             .await
         {
             Ok(lease) => lease,
-            Err(e) => return upstream_failure(&conn, line, started, e),
+            Err(e) => return upstream_failure(&conn, line.take(), started, e),
         };
         if attempt == 0 {
             // Only the request itself earns retry budget, never its retries.
@@ -641,12 +739,26 @@ async fn forward(
                 .max_body_bytes
                 .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max);
             if over_limit {
-                return local(&conn, line, started, 413, DecisionKind::BadRequest, true);
+                return local(
+                    &conn,
+                    line.take(),
+                    started,
+                    413,
+                    DecisionKind::BadRequest,
+                    true,
+                );
             }
             if client_body_failed.load(Ordering::Relaxed) {
-                return local(&conn, line, started, 400, DecisionKind::BadRequest, true);
+                return local(
+                    &conn,
+                    line.take(),
+                    started,
+                    400,
+                    DecisionKind::BadRequest,
+                    true,
+                );
             }
-            return upstream_failure(&conn, line, started, e);
+            return upstream_failure(&conn, line.take(), started, e);
         }
     };
     line.upstream_ms = Some(elapsed_ms(upstream_started));
@@ -686,7 +798,7 @@ async fn forward(
     // Cache (cache.rs): X-Cache, and a storable body copied into the cache as it streams.
     let (parts, body) = crate::cache::tee(cache_fill, &mut line, parts, body);
     let guard = LogGuard::new(
-        line,
+        line.take(),
         conn.shared.clone(),
         started,
         bytes_in,

@@ -303,7 +303,7 @@ async fn serve_http_conn<I>(
     } else {
         let fast = h1_server::serve(io, conn.clone(), life.drain.clone(), max_head);
         tokio::pin!(fast);
-        let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
+        let mut check_at = first_check(&limits);
         loop {
             tokio::select! {
                 served = fast.as_mut() => match served {
@@ -357,7 +357,7 @@ async fn serve_hyper<I>(
         .max_local_error_reset_streams(Some(256));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let mut check_at = tokio::time::Instant::now() + limits.header_timeout;
+    let mut check_at = first_check(&limits);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -387,6 +387,11 @@ fn max_head(limits: &ListenerLimits) -> usize {
     usize::try_from(limits.max_header_bytes)
         .unwrap_or(usize::MAX)
         .max(8192)
+}
+
+/// When a new connection's clocks are first looked at: as soon as either could run out.
+fn first_check(limits: &ListenerLimits) -> tokio::time::Instant {
+    tokio::time::Instant::now() + limits.header_timeout.min(limits.idle_timeout)
 }
 
 /// The connection's clocks at a check: when to look again, or `None` when

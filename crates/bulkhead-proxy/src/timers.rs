@@ -82,7 +82,9 @@ impl ConnTimers {
     /// Decide at `now` given the limits.
     pub fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
         let now = self.now_ms();
-        let far = Instant::now() + idle_timeout.max(header_timeout);
+        // While a request is in flight, look again as soon as either clock
+        // could run out once it ends.
+        let far = Instant::now() + idle_timeout.min(header_timeout);
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Verdict::Wait(far);
         }
