@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_HEADERS: usize = 64;
 /// The first read's buffer; it grows up to the listener's `max_header_bytes`.
 const FIRST_READ: usize = 4096;
+/// Header entries reserved beyond a request's own.
+const FORWARDING_ROOM: usize = 8;
 /// Response bytes gathered from a body that is ready before one write.
 const MAX_GATHER: usize = 256 * 1024;
 
@@ -238,7 +240,9 @@ const NOT_OURS: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"upgrade"];
 /// bytes; `None` if the `http` crate refuses a name or value.
 fn header_map(head: &Bytes, fields: &[(Span, Span)]) -> Option<HeaderMap> {
     let slice = |(start, len): Span| head.slice(start..start + len);
-    let mut map = HeaderMap::with_capacity(fields.len());
+    // Room for the forwarding headers the proxy adds (`headers::set_forwarding`):
+    // growing the map later would rehash every entry.
+    let mut map = HeaderMap::with_capacity(fields.len() + FORWARDING_ROOM);
     for &(name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1]).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;

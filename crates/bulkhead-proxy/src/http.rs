@@ -258,11 +258,21 @@ pub async fn handle(
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
-            // Boxed: hyper keeps the service future inside every connection's
-            // task, idle or not, so the large forwarding state lives on the
-            // heap only while a request is being forwarded.
-            let forwarding = forward(req, conn, &generation, plan, line, started, raw_host, busy);
-            Ok(Box::pin(forwarding).await)
+            // Boxed: the large forwarding state lives on the heap only while a
+            // request is being forwarded, not in every connection's task. Built
+            // in a statement of its own: a temporary still alive at the await
+            // would be kept in this future too, doubling its size.
+            let forwarding = Box::pin(forward(
+                req,
+                conn,
+                &generation,
+                plan,
+                line,
+                started,
+                raw_host,
+                busy,
+            ));
+            Ok(forwarding.await)
         }
         Answer::Redirect { location, status } => {
             let mut resp = Response::new(full(Bytes::new()));
