@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_HEADERS: usize = 64;
 /// The first read's buffer; it grows up to the listener's `max_header_bytes`.
 const FIRST_READ: usize = 4096;
+/// Spare room below which a read-ahead gets a fresh buffer.
+const READ_AHEAD_ROOM: usize = 1024;
 /// Header entries reserved beyond a request's own.
 const FORWARDING_ROOM: usize = 8;
 /// Response bytes gathered from a body that is ready before one write.
@@ -149,7 +151,7 @@ where
             resp = &mut handling => return resp.ok(),
             // Only with nothing buffered (as hyper): a client that pipelines
             // requests and then closes its side still gets the ones it sent.
-            read = async { buf.reserve(FIRST_READ); io.read_buf(buf).await }, if buf.is_empty() => {
+            read = read_ahead(io, buf), if buf.is_empty() => {
                 match read {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
@@ -157,6 +159,15 @@ where
             }
         }
     }
+}
+
+/// Read into `buf`, reusing the room the parsed head left behind when
+/// there is enough (no second buffer per request).
+async fn read_ahead<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < READ_AHEAD_ROOM {
+        buf.reserve(FIRST_READ);
+    }
+    io.read_buf(buf).await
 }
 
 enum Parsed {
