@@ -485,9 +485,11 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
 /// bytes are needed. Interim (1xx) responses other than 101 are skipped.
 fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        // Uninitialized: httparse writes only the headers it finds.
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parse = httparse::ParserConfig::default();
+        let len = match parse.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("invalid response head: {e}")),

@@ -170,7 +170,16 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     forwarded.extend(hop.host.chars().filter(|c| !matches!(c, '"' | '\\')));
     forwarded.push('"');
     let ip_value = hop.client.ip_value.clone();
-    let host = value(hop.host);
+    // Usually the Host header already says it: that value is shared, not copied.
+    let host_unchanged = headers
+        .get_all(HOST)
+        .iter()
+        .map(|v| v.as_bytes() == hop.host.as_bytes())
+        .eq([true]);
+    let host = match headers.get(HOST) {
+        Some(v) if host_unchanged => Some(v.clone()),
+        _ => value(hop.host),
+    };
     // Room for what is added below: one growth of the map at most.
     headers.reserve(7);
     if hop.trusted {
@@ -195,7 +204,9 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         replace(headers, FORWARDED, owned_value(forwarded));
         replace(headers, X_REQUEST_ID, value(hop.request_id));
     }
-    put(headers, HOST, host);
+    if !host_unchanged {
+        put(headers, HOST, host);
+    }
 }
 
 /// The request id a trusted client sent, if any (it is kept on trusted zones).
