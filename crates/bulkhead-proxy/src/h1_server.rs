@@ -245,6 +245,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
 /// Where a name or value lies in the head: offset and length.
 type Span = (usize, usize);
 
+/// The fast path's verdict on the front of `buf`, for the fuzz target
+/// `client_head`: `Some((request, keep_alive))` when it is a complete
+/// fast-path head (removed from `buf`); `None` when `buf` is left exactly as
+/// it was, for more bytes or for hyper.
+#[doc(hidden)]
+pub fn parse_head(buf: &mut BytesMut) -> Option<(http::Request<()>, bool)> {
+    match parse(buf) {
+        Parsed::Request(req, keep_alive) => Some((req.map(|_| ()), keep_alive)),
+        Parsed::Partial | Parsed::NotOurs => None,
+    }
+}
+
 /// Headers that put a request outside the fast path.
 const NOT_OURS: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"upgrade"];
 

@@ -22,6 +22,8 @@ mod body;
 pub mod cache;
 pub mod client_hello;
 mod h1_server;
+#[doc(hidden)]
+pub use h1_server::parse_head as fast_path_parse_head;
 pub mod h1_upstream;
 pub mod headers;
 pub mod health;
