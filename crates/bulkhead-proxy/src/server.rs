@@ -1,7 +1,8 @@
 //! Listeners: bind, accept (with `allow_sources` checked before a byte is
-//! read and `max_connections` pausing the accept loop), TLS, then hyper's
-//! HTTP/1.1 + HTTP/2 connection with the listener's limits — or the TCP
-//! splice for tcp / tls-passthrough listeners. Connections drain on shutdown.
+//! read and `max_connections` pausing the accept loop), TLS, then HTTP: the
+//! HTTP/1.x fast path (`h1_server`) and hyper's HTTP/1.1 + HTTP/2 connection
+//! for what it hands over, with the listener's limits — or the TCP splice
+//! for tcp / tls-passthrough listeners. Connections drain on shutdown.
 
 use crate::access_log::{LogLine, TlsInfo};
 use crate::body::RequestBody;
@@ -276,7 +277,7 @@ async fn serve_http_conn<I>(
 ) where
     I: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
-        + crate::h1_server::WaitReadable
+        + h1_server::WaitReadable
         + Unpin
         + Send
         + 'static,
