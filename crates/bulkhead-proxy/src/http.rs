@@ -143,7 +143,7 @@ pub async fn handle(
     let Some(lid) = snap.listener_id(&conn.listener) else {
         // The listener left the config on a reload while this connection lived.
         return Ok(local(
-            &conn,
+            &conn.shared,
             line,
             started,
             503,
@@ -158,7 +158,7 @@ pub async fn handle(
         tracing::debug!(client = %conn.peer, reason, "request refused before routing");
         line.path = Some(req.uri().path().into());
         return Ok(local(
-            &conn,
+            &conn.shared,
             line,
             started,
             status,
@@ -195,7 +195,7 @@ pub async fn handle(
             Ok(s) => Some(s),
             Err(_) => {
                 return Ok(local(
-                    &conn,
+                    &conn.shared,
                     line,
                     started,
                     400,
@@ -262,16 +262,7 @@ pub async fn handle(
             // request is being forwarded, not in every connection's task. Built
             // in a statement of its own: a temporary still alive at the await
             // would be kept in this future too, doubling its size.
-            let forwarding = Box::pin(forward(
-                req,
-                conn,
-                &generation,
-                plan,
-                line,
-                started,
-                raw_host,
-                busy,
-            ));
+            let forwarding = Box::pin(forward(req, conn, &generation, plan, line, raw_host, busy));
             Ok(forwarding.await)
         }
         Answer::Redirect { location, status } => {
@@ -280,7 +271,7 @@ pub async fn handle(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(LOCATION, v);
             }
-            finish_local(&conn, line.take(), started, status, 0);
+            line.finish(status, 0);
             Ok(resp)
         }
         Answer::Respond {
@@ -294,13 +285,13 @@ pub async fn handle(
             if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 resp.headers_mut().insert(CONTENT_TYPE, ct);
             }
-            finish_local(&conn, line.take(), started, status, len);
+            line.finish(status, len);
             Ok(resp)
         }
         Answer::Error(status) => {
             let status = status.unwrap_or(403);
             let close = kind == DecisionKind::BadRequest;
-            Ok(local(&conn, line.take(), started, status, kind, close))
+            Ok(line.local(status, kind, close))
         }
     }
 }
@@ -330,6 +321,24 @@ impl Unanswered {
     fn take(&mut self) -> LogLine {
         self.answered = true;
         std::mem::take(&mut self.line)
+    }
+
+    /// Answer locally with a JSON error, logging the request.
+    fn local(&mut self, status: u16, kind: DecisionKind, close: bool) -> Response<ProxyBody> {
+        let line = self.take();
+        local(&self.shared, line, self.started, status, kind, close)
+    }
+
+    /// Log a local answer (redirect, respond) with `bytes_out` body bytes.
+    fn finish(&mut self, status: u16, bytes_out: u64) {
+        let line = self.take();
+        finish_local(&self.shared, line, self.started, status, bytes_out);
+    }
+
+    /// Answer an upstream failure (502, 503, 504), logging the request.
+    fn upstream_failure(&mut self, e: UpstreamError) -> Response<ProxyBody> {
+        let line = self.take();
+        upstream_failure(&self.shared, line, self.started, e)
     }
 }
 
@@ -406,7 +415,7 @@ fn fill_line(line: &mut LogLine, names: &Names, snap: &Snapshot, d: &Decision<'_
 
 /// Answer locally with a JSON error, logging the request.
 fn local(
-    conn: &Conn,
+    shared: &Shared,
     mut line: LogLine,
     started: Instant,
     status: u16,
@@ -416,15 +425,15 @@ fn local(
     line.decision = kind.as_str();
     let resp = error_response(status, kind, close);
     let len = format!("{{\"error\":\"{}\"}}", kind.as_str()).len() as u64;
-    finish_local(conn, line, started, status, len);
+    finish_local(shared, line, started, status, len);
     resp
 }
 
-fn finish_local(conn: &Conn, mut line: LogLine, started: Instant, status: u16, bytes_out: u64) {
+fn finish_local(shared: &Shared, mut line: LogLine, started: Instant, status: u16, bytes_out: u64) {
     line.status = Some(status);
     line.bytes_out = bytes_out;
     line.duration_ms = elapsed_ms(started);
-    conn.shared.record(line);
+    shared.record(line);
 }
 
 fn is_upgrade(req: &http::Request<RequestBody>) -> bool {
@@ -451,21 +460,14 @@ async fn forward(
     generation: &Generation,
     d: Plan,
     mut line: Unanswered,
-    started: Instant,
     raw_host: Option<String>,
     busy: Busy,
 ) -> Response<ProxyBody> {
     let snap = &generation.snapshot;
+    let started = line.started;
     let (Some(lid), Some(tid), Some(rid), Some(gid)) = (d.listener, d.tenant, d.route, d.group)
     else {
-        return local(
-            &conn,
-            line.take(),
-            started,
-            503,
-            DecisionKind::Unavailable,
-            false,
-        );
+        return line.local(503, DecisionKind::Unavailable, false);
     };
     let group = generation.upstreams.group(gid).clone();
     let policy = snap.policy(lid, tid, rid, Some(gid));
@@ -476,14 +478,7 @@ async fn forward(
     // Rate limit: a token bucket per route and key (client IP, identity or header).
     if let Some(limiter) = generation.policies.limiter(lid, tid, rid) {
         if let Err(wait) = limiter.check(conn.peer.ip(), d.identity.as_deref(), req.headers()) {
-            let mut resp = local(
-                &conn,
-                line.take(),
-                started,
-                429,
-                DecisionKind::RateLimited,
-                false,
-            );
+            let mut resp = line.local(429, DecisionKind::RateLimited, false);
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers::set(resp.headers_mut(), "retry-after", &secs.max(1).to_string());
             return resp;
@@ -494,14 +489,7 @@ async fn forward(
         Ok(slots) => slots,
         Err(why) => {
             tracing::debug!(why, "shed by a concurrency budget");
-            return local(
-                &conn,
-                line.take(),
-                started,
-                503,
-                DecisionKind::Unavailable,
-                false,
-            );
+            return line.local(503, DecisionKind::Unavailable, false);
         }
     };
     // Fault injection (a runtime override from the admin API wins over the config).
@@ -518,7 +506,7 @@ async fn forward(
                 504 => DecisionKind::Timeout,
                 _ => DecisionKind::Unavailable,
             };
-            return local(&conn, line.take(), started, status, kind, false);
+            return line.local(status, kind, false);
         }
     }
     let upgrade = is_upgrade(&req);
@@ -587,16 +575,7 @@ async fn forward(
     }
     parts.uri = match uri.parse() {
         Ok(u) => u,
-        Err(_) => {
-            return local(
-                &conn,
-                line.take(),
-                started,
-                400,
-                DecisionKind::BadRequest,
-                true,
-            )
-        }
+        Err(_) => return line.local(400, DecisionKind::BadRequest, true),
     };
     parts.version = if h2 {
         Version::HTTP_2
@@ -664,7 +643,7 @@ async fn forward(
             .await
         {
             Ok(lease) => lease,
-            Err(e) => return upstream_failure(&conn, line.take(), started, e),
+            Err(e) => return line.upstream_failure(e),
         };
         if attempt == 0 {
             // Only the request itself earns retry budget, never its retries.
@@ -749,26 +728,12 @@ async fn forward(
                 .max_body_bytes
                 .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max);
             if over_limit {
-                return local(
-                    &conn,
-                    line.take(),
-                    started,
-                    413,
-                    DecisionKind::BadRequest,
-                    true,
-                );
+                return line.local(413, DecisionKind::BadRequest, true);
             }
             if client_body_failed.load(Ordering::Relaxed) {
-                return local(
-                    &conn,
-                    line.take(),
-                    started,
-                    400,
-                    DecisionKind::BadRequest,
-                    true,
-                );
+                return line.local(400, DecisionKind::BadRequest, true);
             }
-            return upstream_failure(&conn, line.take(), started, e);
+            return line.upstream_failure(e);
         }
     };
     line.upstream_ms = Some(elapsed_ms(upstream_started));
@@ -820,7 +785,7 @@ async fn forward(
 }
 
 fn upstream_failure(
-    conn: &Conn,
+    shared: &Shared,
     line: LogLine,
     started: Instant,
     e: UpstreamError,
@@ -839,7 +804,7 @@ fn upstream_failure(
             (504, DecisionKind::Timeout)
         }
     };
-    local(conn, line, started, status, kind, false)
+    local(shared, line, started, status, kind, false)
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
