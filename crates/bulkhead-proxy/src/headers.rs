@@ -170,16 +170,14 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     forwarded.extend(hop.host.chars().filter(|c| !matches!(c, '"' | '\\')));
     forwarded.push('"');
     let ip_value = hop.client.ip_value.clone();
-    // Usually the Host header already says it: that value is shared, not copied.
-    let host_unchanged = headers
-        .get_all(HOST)
-        .iter()
-        .map(|v| v.as_bytes() == hop.host.as_bytes())
-        .eq([true]);
-    let host = match headers.get(HOST) {
-        Some(v) if host_unchanged => Some(v.clone()),
-        _ => value(hop.host),
+    // Usually the one Host header already says it: that value is shared, not copied.
+    let mut hosts = headers.get_all(HOST).iter();
+    let same = match (hosts.next(), hosts.next()) {
+        (Some(v), None) if v.as_bytes() == hop.host.as_bytes() => Some(v.clone()),
+        _ => None,
     };
+    let host_unchanged = same.is_some();
+    let host = same.or_else(|| value(hop.host));
     // Room for what is added below: one growth of the map at most.
     headers.reserve(7);
     if hop.trusted {
