@@ -307,7 +307,7 @@ where
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let stated = declared_length(&parts.headers);
+    let stated = crate::headers::content_length(&parts.headers);
     if !(bodiless || head_only) {
         // The framing is the proxy's to choose (it never passes one on).
         parts.headers.remove(TRANSFER_ENCODING);
@@ -315,9 +315,18 @@ where
     let framing = match (stated, body.size_hint().exact()) {
         // The headers stay as they are: they describe what a GET would have had.
         _ if bodiless || head_only => Framing::None,
-        (Some(Ok(n)), _) => Framing::Length(n),
+        (Some(Ok(n)), _) => {
+            // A list of one length (`12, 12`, or the header repeated) goes on
+            // as that one value (RFC 9110 §8.6).
+            let mut values = parts.headers.get_all(CONTENT_LENGTH).iter();
+            let first_is_list = values.next().is_some_and(|v| v.as_bytes().contains(&b','));
+            if first_is_list || values.next().is_some() {
+                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Framing::Length(n)
+        }
         // A malformed length the response carries is not passed on.
-        (Some(Err(())), _) => {
+        (Some(Err(_)), _) => {
             parts.headers.remove(CONTENT_LENGTH);
             keep_alive = false;
             Framing::Close
@@ -497,20 +506,6 @@ fn http_date() -> HeaderValue {
     })
 }
 
-/// The declared `Content-Length`: `None` without one, `Err` when malformed
-/// or when several disagree.
-fn declared_length(headers: &HeaderMap) -> Option<Result<u64, ()>> {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    let n = std::str::from_utf8(first.as_bytes())
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    match n {
-        Some(n) if values.all(|v| v == first) => Some(Ok(n)),
-        _ => Some(Err(())),
-    }
-}
-
 /// The status line and headers.
 fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     let size = headers
@@ -667,16 +662,21 @@ mod tests {
 
     #[test]
     fn declared_lengths() {
+        use crate::headers::content_length;
         let mut h = HeaderMap::new();
-        assert_eq!(declared_length(&h), None);
+        assert_eq!(content_length(&h), None);
         h.append(CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert_eq!(declared_length(&h), Some(Ok(12)));
+        assert_eq!(content_length(&h), Some(Ok(12)));
         h.append(CONTENT_LENGTH, HeaderValue::from_static("12"));
-        assert_eq!(declared_length(&h), Some(Ok(12)));
+        assert_eq!(content_length(&h), Some(Ok(12)));
         h.append(CONTENT_LENGTH, HeaderValue::from_static("13"));
-        assert_eq!(declared_length(&h), Some(Err(())));
+        assert!(matches!(content_length(&h), Some(Err(_))));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("-1"));
-        assert_eq!(declared_length(&h), Some(Err(())));
+        assert!(matches!(content_length(&h), Some(Err(_))));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("+12"));
+        assert!(matches!(content_length(&h), Some(Err(_))));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("12, 12"));
+        assert_eq!(content_length(&h), Some(Ok(12)));
     }
 
     #[test]

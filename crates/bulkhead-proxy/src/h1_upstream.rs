@@ -589,22 +589,11 @@ impl Framing {
                 Framing::UntilClose
             });
         }
-        let mut length = None;
-        for value in headers.get_all(CONTENT_LENGTH) {
-            for part in value.to_str().unwrap_or("x").split(',') {
-                let part = part.trim();
-                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err("invalid Content-Length in the response".into());
-                }
-                let n: u64 = part
-                    .parse()
-                    .map_err(|_| "invalid Content-Length in the response".to_string())?;
-                if length.is_some_and(|m| m != n) {
-                    return Err("differing Content-Length values in the response".into());
-                }
-                length = Some(n);
-            }
-        }
+        let length = match crate::headers::content_length(headers) {
+            Some(Err(why)) => return Err(format!("{why} in the response")),
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
         Ok(match length {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),

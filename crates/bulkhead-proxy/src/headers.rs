@@ -4,8 +4,8 @@
 //! `strip_headers` are dropped, and the group's `identity_header` is set.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, FORWARDED, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use std::net::SocketAddr;
 
@@ -130,6 +130,28 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Content-Length` a message declares (RFC 9110 §8.6): `None` without
+/// one; `Err` when a value is not all digits (`+12`, `-1`, empty) or the
+/// values differ. A list of one length (`12, 12`, or the header repeated)
+/// is that length.
+pub fn content_length(headers: &HeaderMap) -> Option<Result<u64, &'static str>> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+            let Some(n) = digits.then(|| part.parse::<u64>().ok()).flatten() else {
+                return Some(Err("invalid Content-Length"));
+            };
+            if length.is_some_and(|m| m != n) {
+                return Some(Err("differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    length.map(Ok)
 }
 
 /// Is `chunked` the final transfer coding (RFC 9112 §6.3: the message is
