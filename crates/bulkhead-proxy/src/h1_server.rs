@@ -522,10 +522,7 @@ fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap) -> Vec
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        crate::h1_upstream::push_header(&mut head, name.as_str(), value.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     head

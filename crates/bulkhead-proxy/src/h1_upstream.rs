@@ -312,7 +312,8 @@ fn encode_head(parts: &http::request::Parts, framing: RequestFraming, address: &
     out
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// One `name: value` line of an HTTP/1.x head.
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
