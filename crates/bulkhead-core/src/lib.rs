@@ -73,5 +73,6 @@ pub use request::{
     auth_key, Credentials, HeaderSource, HostHeader, HttpVersion, MatchFacts, NoHeaders, Request,
 };
 pub use snapshot::{
-    GroupInfo, ListenerInfo, RouteAction, RouteInfo, ServiceInfo, Snapshot, TenantInfo, ZoneInfo,
+    EffectivePolicy, GroupInfo, ListenerInfo, RouteAction, RouteInfo, ServiceInfo, Snapshot,
+    TenantInfo, ZoneInfo,
 };

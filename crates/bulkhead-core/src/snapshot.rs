@@ -9,7 +9,8 @@ use crate::host::{normalize_host, pattern_matches, HostIndex};
 use crate::invariant;
 use crate::router::{compile_path, compile_value, Matcher, Router};
 use bulkhead_config::{
-    Action, Collector, Config, ConfigErrors, Normalize, Policy, Pos, Protocol, Spanned,
+    Action, Auth, Cache, Collector, Config, ConfigErrors, Faults, HeaderEdits, Normalize, Policy,
+    Pos, Protocol, RateLimit, Retries, Spanned, Timeouts,
 };
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -236,18 +237,20 @@ impl Snapshot {
     /// The effective policy of a forwarded request (DESIGN §2 step 7): the
     /// route's inline keys, its profile, the tenant's profile, the listener's
     /// profile, then the group's own settings.
+    ///
+    /// A view, not a merged copy: each key is looked up when asked for, so a
+    /// request reads only the keys it uses and copies nothing.
     pub fn policy(
         &self,
         listener: ListenerId,
         tenant: TenantId,
         route: u32,
         group: Option<GroupId>,
-    ) -> Policy {
-        let route = &self.tenants[tenant as usize].routes[route as usize];
-        let merged = route.policy.or(&self.listeners[listener as usize].policy);
-        match group {
-            Some(g) => merged.or(&self.group_config(g).policy),
-            None => merged,
+    ) -> EffectivePolicy<'_> {
+        EffectivePolicy {
+            route: &self.tenants[tenant as usize].routes[route as usize].policy,
+            listener: &self.listeners[listener as usize].policy,
+            group: group.map(|g| &self.group_config(g).policy),
         }
     }
 
@@ -534,4 +537,64 @@ fn compile_route(
 /// Normalize an SNI value like a host (lowercase, trailing dot dropped).
 pub(crate) fn normalize_sni(sni: &str) -> Option<String> {
     normalize_host(sni).ok().map(|h| h.into_owned())
+}
+
+/// The effective policy of a request (DESIGN §2 step 7), from
+/// [`Snapshot::policy`]: for each key, the route's value (already merged
+/// with its profile and its tenant's profile), else the listener's, else
+/// the group's. The same precedence as [`Policy::or`], without the copy.
+#[derive(Clone, Copy, Debug)]
+pub struct EffectivePolicy<'a> {
+    route: &'a Policy,
+    listener: &'a Policy,
+    group: Option<&'a Policy>,
+}
+
+impl<'a> EffectivePolicy<'a> {
+    /// The first layer's value of one key.
+    fn first<T>(&self, key: impl Fn(&'a Policy) -> Option<T>) -> Option<T> {
+        key(self.route)
+            .or_else(|| key(self.listener))
+            .or_else(|| self.group.and_then(&key))
+    }
+
+    /// `cache`.
+    pub fn cache(&self) -> Option<&'a Cache> {
+        self.first(|p| p.cache.as_ref())
+    }
+
+    /// `auth`.
+    pub fn auth(&self) -> Option<&'a Auth> {
+        self.first(|p| p.auth.as_ref())
+    }
+
+    /// `rate_limit`.
+    pub fn rate_limit(&self) -> Option<&'a RateLimit> {
+        self.first(|p| p.rate_limit.as_ref())
+    }
+
+    /// `timeouts`.
+    pub fn timeouts(&self) -> Option<&'a Timeouts> {
+        self.first(|p| p.timeouts.as_ref())
+    }
+
+    /// `retries`.
+    pub fn retries(&self) -> Option<&'a Retries> {
+        self.first(|p| p.retries.as_ref())
+    }
+
+    /// `buffering`.
+    pub fn buffering(&self) -> Option<bool> {
+        self.first(|p| p.buffering)
+    }
+
+    /// `headers`.
+    pub fn headers(&self) -> Option<&'a HeaderEdits> {
+        self.first(|p| p.headers.as_ref())
+    }
+
+    /// `faults`.
+    pub fn faults(&self) -> Option<&'a Faults> {
+        self.first(|p| p.faults.as_ref())
+    }
 }

@@ -455,7 +455,7 @@ fn live_stores(snap: &Snapshot) -> HashSet<StoreKey> {
                 };
                 for (gid, _) in legs {
                     let policy = snap.policy(lid as u32, tid as u32, rid as u32, Some(*gid));
-                    if let Some(c) = &policy.cache {
+                    if let Some(c) = policy.cache() {
                         live.insert(StoreKey::new(&t.name, c));
                     }
                 }

@@ -472,8 +472,8 @@ async fn forward(
     let group = generation.upstreams.group(gid).clone();
     let policy = snap.policy(lid, tid, rid, Some(gid));
     let timeouts = policy
-        .timeouts
-        .clone()
+        .timeouts()
+        .cloned()
         .unwrap_or_else(|| group.timeouts.clone());
     // Rate limit: a token bucket per route and key (client IP, identity or header).
     if let Some(limiter) = generation.policies.limiter(lid, tid, rid) {
@@ -497,7 +497,7 @@ async fn forward(
         let t = &snap.tenants[tid as usize];
         conn.shared
             .fault_override(&t.name, &t.routes[rid as usize].name)
-            .or(policy.faults.clone())
+            .or_else(|| policy.faults().cloned())
     };
     if let Some((status, percent)) = faults.as_ref().and_then(|f| f.abort) {
         if rand::random::<f64>() * 100.0 < percent {
@@ -529,7 +529,7 @@ async fn forward(
     }
     // The route's header edits come before the headers the proxy owns, so
     // configuration can never forge forwarding or identity headers.
-    if let Some(edits) = &policy.headers {
+    if let Some(edits) = policy.headers() {
         for name in &edits.request_remove {
             parts.headers.remove(name.as_str());
         }
@@ -594,7 +594,7 @@ async fn forward(
     let cache_fill = match crate::cache::lookup(
         &conn.shared,
         generation,
-        policy.cache.as_ref(),
+        policy.cache(),
         crate::cache::Ask {
             tenant: &snap.tenants[tid as usize].name,
             host: d.host.as_deref().unwrap_or_default(),
@@ -611,7 +611,7 @@ async fn forward(
     .await
     {
         crate::cache::Lookup::Hit(hit) => {
-            let edits = policy.headers.as_ref();
+            let edits = policy.headers();
             return hit.respond(
                 line.take(),
                 &conn.shared,
@@ -626,8 +626,8 @@ async fn forward(
     // Retries: only idempotent requests without a body (nothing to replay),
     // within the group's retry budget so retries cannot amplify an outage.
     let retries = policy
-        .retries
-        .clone()
+        .retries()
+        .cloned()
         .filter(|r| r.attempts > 0 && replayable && !upgrade);
     let mut body = Some(body);
     let mut attempt = 0u32;
@@ -647,7 +647,7 @@ async fn forward(
         };
         if attempt == 0 {
             // Only the request itself earns retry budget, never its retries.
-            group.earn_retry_budget(policy.retries.as_ref().map(|r| r.budget_percent));
+            group.earn_retry_budget(policy.retries().map(|r| r.budget_percent));
         }
         if let Some((delay, percent)) = faults.as_ref().and_then(|f| f.delay) {
             if rand::random::<f64>() * 100.0 < percent {
@@ -738,7 +738,7 @@ async fn forward(
     };
     line.upstream_ms = Some(elapsed_ms(upstream_started));
     line.status = Some(resp.status().as_u16());
-    if let Some(edits) = &policy.headers {
+    if let Some(edits) = policy.headers() {
         for name in &edits.response_remove {
             resp.headers_mut().remove(name.as_str());
         }

@@ -114,7 +114,7 @@ impl Policies {
                 }
                 for rid in 0..t.routes.len() {
                     let policy = snapshot.policy(lid as u32, tid as u32, rid as u32, None);
-                    if let Some(limiter) = policy.rate_limit.as_ref().and_then(RouteLimiter::new) {
+                    if let Some(limiter) = policy.rate_limit().and_then(RouteLimiter::new) {
                         limiters.insert((lid as u32, tid as u32, rid as u32), Arc::new(limiter));
                     }
                 }
