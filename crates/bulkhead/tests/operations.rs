@@ -707,6 +707,33 @@ tenants:
         metric(&text, "bulkhead_denied_total", &[("decision", "deny")]),
         (m + 1) as f64
     );
+    // The reloaded config's names are new values: its forwards still add to
+    // the one series of their labels, never to a second one.
+    for i in 0..n {
+        assert_eq!(
+            get(web, "acme.test", &format!("/api/{i}"), &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let text = metrics_until(&ops, |t| {
+        metric(t, "bulkhead_requests_total", &forward) == (2 * n) as f64
+    })
+    .await;
+    assert_eq!(
+        samples(&text, "bulkhead_requests_total", &forward).len(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "bulkhead_request_duration_seconds_count",
+            &[("listener", "web"), ("tenant", "acme"), ("route", "api")]
+        ),
+        (2 * n) as f64
+    );
 }
 
 // ---------------------------------------------------------------------------
