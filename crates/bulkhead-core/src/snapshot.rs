@@ -103,7 +103,9 @@ pub struct RouteInfo {
     /// Attached to listener `i` when `listeners[i]` (route `listeners`, else the tenant's).
     pub listeners: Vec<bool>,
     /// Its policy: inline keys, then its profile, then the tenant's profile.
-    pub policy: Policy,
+    /// Every route without one shares a single empty policy, so a request
+    /// reads the same few cache lines whichever tenant it is for.
+    pub policy: Arc<Policy>,
 }
 
 /// A target group, compiled.
@@ -121,6 +123,9 @@ pub struct GroupInfo {
     pub access: Option<Vec<u32>>,
     /// Index into `config.tenants[t].target_groups`.
     pub config_index: (usize, usize),
+    /// Its own policy keys (`timeouts`, `retries`, …); shared like a
+    /// route's when empty.
+    pub policy: Arc<Policy>,
 }
 
 /// A caller identity, compiled.
@@ -250,7 +255,7 @@ impl Snapshot {
         EffectivePolicy {
             route: &self.tenants[tenant as usize].routes[route as usize].policy,
             listener: &self.listeners[listener as usize].policy,
-            group: group.map(|g| &self.group_config(g).policy),
+            group: group.map(|g| &*self.groups[g as usize].policy),
         }
     }
 
@@ -344,6 +349,7 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
     };
 
     let mut groups = Vec::new();
+    let empty = SharedEmpty(Arc::default());
     let mut group_ids = HashMap::new();
     for (ti, t) in config.tenants.iter().enumerate() {
         for (gi, g) in t.target_groups.iter().enumerate() {
@@ -355,6 +361,7 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
                 zone: zone_id(&g.zone),
                 access: None,
                 config_index: (ti, gi),
+                policy: empty.share(g.policy.clone()),
             });
         }
     }
@@ -408,7 +415,7 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
                 continue;
             };
             routes.push(RouteInfo {
-                policy: r.policy.or(&profile_policy(&r.profile)).or(&tenant_policy),
+                policy: empty.share(r.policy.or(&profile_policy(&r.profile)).or(&tenant_policy)),
                 ..route
             });
         }
@@ -530,13 +537,26 @@ fn compile_route(
         matcher,
         action,
         listeners,
-        policy: Policy::default(),
+        policy: Arc::default(),
     })
 }
 
 /// Normalize an SNI value like a host (lowercase, trailing dot dropped).
 pub(crate) fn normalize_sni(sni: &str) -> Option<String> {
     normalize_host(sni).ok().map(|h| h.into_owned())
+}
+
+/// The one empty policy that every route and group without keys shares.
+struct SharedEmpty(Arc<Policy>);
+
+impl SharedEmpty {
+    fn share(&self, policy: Policy) -> Arc<Policy> {
+        if policy == *self.0 {
+            self.0.clone()
+        } else {
+            Arc::new(policy)
+        }
+    }
 }
 
 /// The effective policy of a request (DESIGN §2 step 7), from

@@ -116,7 +116,7 @@ impl Verifiers {
         let routes = snapshot
             .tenants
             .iter()
-            .flat_map(|t| t.routes.iter().map(|r| &r.policy));
+            .flat_map(|t| t.routes.iter().map(|r| &*r.policy));
         let listeners = snapshot.listeners.iter().map(|l| &l.policy);
         Verifiers::from_auths(routes.chain(listeners).filter_map(|p| p.auth.as_ref()))
     }
