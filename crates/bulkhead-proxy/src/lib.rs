@@ -27,6 +27,7 @@ pub use h1_server::parse_head as fast_path_parse_head;
 pub mod h1_upstream;
 pub mod headers;
 pub mod health;
+mod histogram;
 mod http;
 pub mod metrics;
 pub mod policy;

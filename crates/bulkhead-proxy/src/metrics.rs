@@ -8,12 +8,12 @@
 //! read from the live upstreams at scrape time.
 
 use crate::access_log::{LogLine, Name};
+use crate::histogram::Latency;
 use crate::Generation;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -65,13 +65,6 @@ struct ResultLabels {
     result: String,
 }
 
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ]
-    .into_iter()
-}
-
 /// A per-target gauge rendered at scrape time: name, help, value.
 type TargetGauge = (
     &'static str,
@@ -88,9 +81,9 @@ struct Handles {
     _labels: RequestLabels,
     requests: Counter,
     denied: Option<Counter>,
-    duration: Histogram,
+    duration: Latency,
     /// The group's time-to-headers histogram, once an upstream answered.
-    upstream: Option<Histogram>,
+    upstream: Option<Latency>,
 }
 
 /// Which label set a log line counts into, by the addresses of its shared
@@ -127,14 +120,10 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     denied: Family<DeniedLabels, Counter>,
-    duration: Family<LatencyLabels, Histogram, fn() -> Histogram>,
-    upstream: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    duration: Family<LatencyLabels, Latency>,
+    upstream: Family<GroupLabels, Latency>,
     connections: Family<ListenerLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
-}
-
-fn histogram() -> Histogram {
-    Histogram::new(latency_buckets())
 }
 
 impl Default for Metrics {
@@ -142,10 +131,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("bulkhead");
         let requests = Family::<RequestLabels, Counter>::default();
         let denied = Family::<DeniedLabels, Counter>::default();
-        let duration =
-            Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
-        let upstream =
-            Family::<GroupLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let duration = Family::<LatencyLabels, Latency>::default();
+        let upstream = Family::<GroupLabels, Latency>::default();
         let connections = Family::<ListenerLabels, Gauge>::default();
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
