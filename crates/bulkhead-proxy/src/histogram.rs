@@ -133,7 +133,10 @@ mod tests {
         let base = &cells as *const Cells as usize;
         let seventh = &cells.buckets[6] as *const AtomicU64 as usize;
         assert!(seventh + 8 - base <= 64);
-        assert_eq!(BOUNDS[5], 0.025, "buckets 0-5 hold the latencies up to 25 ms");
+        assert_eq!(
+            BOUNDS[5], 0.025,
+            "buckets 0-5 hold the latencies up to 25 ms"
+        );
     }
 
     #[test]
