@@ -598,11 +598,11 @@ pub fn format_duration(d: Duration) -> String {
         (MS, "ms"),
     ];
     for (size, unit) in UNITS {
-        if nanos % size == 0 {
+        if nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }
-    if nanos % 1_000 == 0 {
+    if nanos.is_multiple_of(1_000) {
         format!("{}us", nanos / 1_000)
     } else {
         format!("{nanos}ns")

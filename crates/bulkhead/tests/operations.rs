@@ -956,7 +956,7 @@ impl Load {
 }
 
 fn load_path(client: usize, i: u64) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("/app/c{client}/{i}")
     } else {
         "/local".to_string()
