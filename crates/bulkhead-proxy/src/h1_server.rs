@@ -143,8 +143,9 @@ where
 {
     // Boxed: an idle connection's task keeps room for every state it can be
     // in, and the request's state is large; it lives on the heap only while
-    // a request is being answered.
-    let mut handling = Box::pin(handle(req, conn.clone()));
+    // a request is being answered. Written into the box, not built on the
+    // stack and copied (see `http::handle`).
+    let mut handling = Box::into_pin(Box::write(Box::new_uninit(), handle(req, conn.clone())));
     loop {
         tokio::select! {
             biased;
