@@ -19,18 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TENANTS="${1:-1000}"
 BIN="${2:-target/release/bulkhead}"
-for tool in valgrind:valgrind nginx:nginx wrk:wrk callgrind_control:valgrind; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || { echo "needs ${tool##*:} (apt-get install ${tool##*:})"; exit 1; }
-done
-[ -x "$BIN" ] || cargo build --quiet --release -p bulkhead
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cat > "$WORK/backend.conf" <<EOF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend-error.log;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:18000; location / { return 200 "hello from the backend\n"; } } }
-EOF
+. bench/callgrind-setup.sh
+callgrind_setup "$BIN" valgrind:valgrind nginx:nginx wrk:wrk callgrind_control:valgrind
 python3 - "$TENANTS" "$WORK" <<'EOF'
 import sys
 tenants, work = int(sys.argv[1]), sys.argv[2]
@@ -55,7 +45,6 @@ request = function()
 end
 """)
 EOF
-nginx -c "$WORK/backend.conf" -g 'daemon off;' &
 valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes --LL=1048576,16,64 \
   --callgrind-out-file="$WORK/cg.out" "$BIN" run -c "$WORK/bulkhead.yaml" 2>/dev/null &
 pid=$!

@@ -11,18 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-target/release/bulkhead}"
-for tool in valgrind:valgrind nginx:nginx h2load:nghttp2-client; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || { echo "needs ${tool##*:} (apt-get install ${tool##*:})"; exit 1; }
-done
-[ -x "$BIN" ] || cargo build --quiet --release -p bulkhead
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cat > "$WORK/backend.conf" <<EOF
-worker_processes 1; pid $WORK/backend.pid; error_log $WORK/backend-error.log;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:18000; location / { return 200 "hello from the backend\n"; } } }
-EOF
+. bench/callgrind-setup.sh
+callgrind_setup "$BIN" valgrind:valgrind nginx:nginx h2load:nghttp2-client
 cat > "$WORK/bulkhead.yaml" <<EOF
 version: 1
 workers: 1
@@ -37,7 +27,6 @@ tenants:
     target_groups: { app: { zone: public, targets: ["127.0.0.1:18000"] } }
     routes: [{ name: all, match: { path_prefix: / }, forward: app }]
 EOF
-nginx -c "$WORK/backend.conf" -g 'daemon off;' &
 total() { # requests -> total instructions of the proxy's run
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run -c "$WORK/bulkhead.yaml" 2>/dev/null &
   local pid=$!
