@@ -206,10 +206,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let Some(path) = parsed.path.map(|p| offset(p.as_bytes())) else {
         return Parsed::NotOurs;
     };
-    let mut fields = [((0, 0), (0, 0)); MAX_HEADERS];
-    let count = parsed.headers.len();
+    let mut fields = Fields::new();
     let mut empty_length = false;
-    for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+    for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             // `Content-Length: 0` once is a request without a body; anything else is hyper's.
@@ -220,11 +219,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         } else if NOT_OURS.iter().any(|n| name.eq_ignore_ascii_case(n)) {
             return Parsed::NotOurs;
         }
-        *field = (offset(name), offset(h.value));
+        fields.push((offset(name), offset(h.value)));
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1));
-    let (Some(map), Ok(uri)) = (header_map(&head, &fields[..count]), uri) else {
+    // Room for the forwarding headers the proxy adds (`headers::set_forwarding`):
+    // growing the map later would rehash every entry.
+    let map = header_map(&head, &fields, FORWARDING_ROOM);
+    let (Some(map), Ok(uri)) = (map, uri) else {
         // Give the bytes back, in order, for hyper.
         let mut whole = BytesMut::from(&head[..]);
         whole.extend_from_slice(buf);
@@ -244,7 +246,11 @@ fn parse(buf: &mut BytesMut) -> Parsed {
 }
 
 /// Where a name or value lies in the head: offset and length.
-type Span = (usize, usize);
+pub(crate) type Span = (usize, usize);
+
+/// The name and value spans of a head's fields: inline (no allocation, no
+/// zeroing) for the usual few dozen.
+pub(crate) type Fields = smallvec::SmallVec<[(Span, Span); 32]>;
 
 /// The fast path's verdict on the front of `buf`, for the fuzz target
 /// `client_head`: `Some((request, keep_alive))` when it is a complete
@@ -262,12 +268,11 @@ pub fn parse_head(buf: &mut BytesMut) -> Option<(http::Request<()>, bool)> {
 const NOT_OURS: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"upgrade"];
 
 /// The header map of a parsed head, its names and values sharing `head`'s
-/// bytes; `None` if the `http` crate refuses a name or value.
-fn header_map(head: &Bytes, fields: &[(Span, Span)]) -> Option<HeaderMap> {
+/// bytes, with room for `room` more entries; `None` if the `http` crate
+/// refuses a name or value.
+pub(crate) fn header_map(head: &Bytes, fields: &[(Span, Span)], room: usize) -> Option<HeaderMap> {
     let slice = |(start, len): Span| head.slice(start..start + len);
-    // Room for the forwarding headers the proxy adds (`headers::set_forwarding`):
-    // growing the map later would rehash every entry.
-    let mut map = HeaderMap::with_capacity(fields.len() + FORWARDING_ROOM);
+    let mut map = HeaderMap::with_capacity(fields.len() + room);
     for &(name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1]).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;

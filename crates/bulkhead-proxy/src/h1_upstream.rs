@@ -17,7 +17,7 @@
 use crate::upstream::{ProxyBody, UpstreamError, CONNECT_TIMED_OUT};
 use crate::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, HOST};
 use http::header::{TRANSFER_ENCODING, UPGRADE};
 use http::{Method, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -513,24 +513,16 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
         };
         // Where each name and value sits in the head, to slice it without copying.
         let base = buf.as_ptr() as usize;
-        let spans: Vec<(usize, usize, usize, usize)> = parsed
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        let fields: crate::h1_server::Fields = parsed
             .headers
             .iter()
-            .map(|h| {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                (name, h.name.len(), value, h.value.len())
-            })
+            .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
             .collect();
         let raw = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, name_len, value, value_len) in spans {
-            let name = HeaderName::from_bytes(&raw[name..name + name_len])
-                .map_err(|_| "invalid header name".to_string())?;
-            let value = HeaderValue::from_maybe_shared(raw.slice(value..value + value_len))
-                .map_err(|_| format!("invalid value of {name}"))?;
-            headers.append(name, value);
-        }
+        // Room for the policy's and the client side's own headers (`Date`).
+        let headers = crate::h1_server::header_map(&raw, &fields, 2)
+            .ok_or_else(|| "invalid header name or value".to_string())?;
         if status == StatusCode::SWITCHING_PROTOCOLS && !ask.upgrade {
             return Err("101 to a request that did not ask to upgrade".into());
         }

@@ -74,7 +74,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| !PROXY_SET.contains(name))
         .collect();
-    let upgrade = headers.get(UPGRADE).cloned();
+    let upgrade = if keep_upgrade {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
     for name in named {
         headers.remove(name);
     }
@@ -83,11 +87,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            headers.insert(UPGRADE, u);
-            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+    if let Some(u) = upgrade {
+        headers.insert(UPGRADE, u);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -122,14 +124,14 @@ impl ClientAddr {
     }
 }
 
-/// Does a comma-separated header (`Connection`, say) list `token`?
+/// Does a comma-separated header (`Connection`, say) list `token`
+/// (ASCII case-insensitively)?
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The `Content-Length` a message declares (RFC 9110 §8.6): `None` without
@@ -139,10 +141,8 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 pub fn content_length(headers: &HeaderMap) -> Option<Result<u64, &'static str>> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-            let Some(n) = digits.then(|| part.parse::<u64>().ok()).flatten() else {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let Some(n) = decimal(part.trim_ascii()) else {
                 return Some(Err("invalid Content-Length"));
             };
             if length.is_some_and(|m| m != n) {
@@ -152,6 +152,18 @@ pub fn content_length(headers: &HeaderMap) -> Option<Result<u64, &'static str>> 
         }
     }
     length.map(Ok)
+}
+
+/// A non-empty run of ASCII digits as a number (`None` on anything else,
+/// or when it does not fit).
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Is `chunked` the final transfer coding (RFC 9112 §6.3: the message is
@@ -358,6 +370,62 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert!(h.get(CONNECTION).is_none());
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+    }
+
+    #[test]
+    fn lengths_are_digits_that_fit() {
+        let length = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_LENGTH, HeaderValue::from_static(v));
+            content_length(&h)
+        };
+        assert_eq!(length("18446744073709551615"), Some(Ok(u64::MAX)));
+        assert_eq!(length("007"), Some(Ok(7)));
+        assert_eq!(length(" 12\t"), Some(Ok(12)));
+        for bad in ["18446744073709551616", "", "12,", "1 2", "0x1", "1e3"] {
+            assert!(matches!(length(bad), Some(Err(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_whole_list_items() {
+        let listed = |v: &[u8], token| {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_bytes(v).expect("value"));
+            has_token(&h, CONNECTION, token)
+        };
+        assert!(listed(b"Keep-Alive, CLOSE", "close"));
+        assert!(listed(b"\tclose ", "close"));
+        assert!(listed(b"close, \xff", "close"));
+        assert!(!listed(b"closed", "close"));
+        assert!(!listed(b"x-close, keep-alive", "close"));
+    }
+
+    proptest::proptest! {
+        /// The byte-level parser agrees with reading the value as text.
+        #[test]
+        fn length_matches_the_text_reading(v in "[0-9 ,+-]{0,24}") {
+            let reference = |v: &str| -> Option<Result<u64, ()>> {
+                let mut length = None;
+                for part in v.split(',') {
+                    let part = part.trim();
+                    if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                        return Some(Err(()));
+                    }
+                    let Ok(n) = part.parse::<u64>() else {
+                        return Some(Err(()));
+                    };
+                    if length.is_some_and(|m| m != n) {
+                        return Some(Err(()));
+                    }
+                    length = Some(n);
+                }
+                length.map(Ok)
+            };
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_LENGTH, HeaderValue::from_str(&v).expect("value"));
+            proptest::prop_assert_eq!(content_length(&h).map(|r| r.map_err(|_| ())), reference(&v));
+        }
     }
 
     #[test]
