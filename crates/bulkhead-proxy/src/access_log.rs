@@ -98,8 +98,8 @@ pub struct LogLine {
     pub decision: &'static str,
     /// Status sent, or null.
     pub status: Option<u16>,
-    /// Method.
-    pub method: Option<String>,
+    /// Method (the standard ones are static, not allocated per request).
+    pub method: Option<std::borrow::Cow<'static, str>>,
     /// Normalized host.
     pub host: Option<Name>,
     /// Normalized path, without query.

@@ -15,25 +15,41 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+/// What a request body's wrapper ([`Counted`]) learns as the body passes:
+/// its data bytes, and whether it failed. One allocation per request, shared
+/// by the body, the forwarding code and the log line's guard.
+#[derive(Debug, Default)]
+pub struct Tally {
+    bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl Tally {
+    /// Data bytes seen so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Did the body yield an error (a client's bad chunking, say)?
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 pin_project_lite::pin_project! {
     /// Counts the data bytes that pass through, and notes whether the
-    /// inner body failed (a client's bad chunking, say).
+    /// inner body failed, into a [`Tally`].
     pub struct Counted<B> {
         #[pin]
         inner: B,
-        count: Arc<AtomicU64>,
-        failed: Arc<AtomicBool>,
+        tally: Arc<Tally>,
     }
 }
 
 impl<B> Counted<B> {
-    /// Count `inner`'s bytes into `count`; set `failed` if it yields an error.
-    pub fn new(inner: B, count: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
-        Counted {
-            inner,
-            count,
-            failed,
-        }
+    /// Count `inner`'s bytes and failure into `tally`.
+    pub fn new(inner: B, tally: Arc<Tally>) -> Self {
+        Counted { inner, tally }
     }
 }
 
@@ -50,10 +66,12 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    this.tally
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.failed.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(_))) => this.tally.failed.store(true, Ordering::Relaxed),
             _ => {}
         }
         polled
@@ -74,7 +92,7 @@ pub struct LogGuard {
     line: Option<LogLine>,
     shared: Arc<Shared>,
     started: Instant,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Arc<Tally>,
     /// Response body bytes sent so far.
     pub bytes_out: u64,
     _lease: Option<Lease>,
@@ -87,7 +105,7 @@ impl LogGuard {
         line: LogLine,
         shared: Arc<Shared>,
         started: Instant,
-        bytes_in: Arc<AtomicU64>,
+        bytes_in: Arc<Tally>,
         lease: Option<Lease>,
         busy: Option<(Busy, BudgetSlots)>,
     ) -> Self {
@@ -106,7 +124,7 @@ impl LogGuard {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         if let Some(mut line) = self.line.take() {
-            line.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            line.bytes_in = self.bytes_in.bytes();
             line.bytes_out = self.bytes_out;
             line.duration_ms = elapsed_ms(self.started);
             self.shared.record(line);

@@ -966,7 +966,7 @@ impl Hit {
         mut line: LogLine,
         shared: &Arc<Shared>,
         started: Instant,
-        bytes_in: Arc<AtomicU64>,
+        bytes_in: Arc<crate::body::Tally>,
         busy: (Busy, BudgetSlots),
         edits: Option<&HeaderEdits>,
     ) -> Response<ProxyBody> {

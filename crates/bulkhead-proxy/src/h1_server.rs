@@ -370,7 +370,7 @@ where
     }
     let head = encode_head(version, status, &parts.headers);
     let mut out = Outgoing {
-        segments: vec![Bytes::from(head)],
+        segments: smallvec::smallvec![Bytes::from(head)],
         gathered: 0,
     };
     if framing == Framing::None {
@@ -453,7 +453,8 @@ where
 
 /// Response bytes waiting for one vectored write.
 struct Outgoing {
-    segments: Vec<Bytes>,
+    /// Usually the head, one body chunk and a terminator: no allocation.
+    segments: smallvec::SmallVec<[Bytes; 4]>,
     gathered: usize,
 }
 
@@ -467,11 +468,13 @@ impl Outgoing {
     async fn write<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> io::Result<()> {
         let mut first = 0;
         while first < self.segments.len() {
-            let slices: Vec<IoSlice<'_>> = self.segments[first..]
+            let slices: smallvec::SmallVec<[IoSlice<'_>; 8]> = self.segments[first..]
                 .iter()
                 .map(|s| IoSlice::new(s))
                 .collect();
-            let mut n = io.write_vectored(&slices).await?;
+            let written = io.write_vectored(&slices).await;
+            drop(slices);
+            let mut n = written?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

@@ -59,21 +59,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     // Names listed in `Connection` go too, but never the proxy's own
     // headers; `close` and the hop-by-hop names are handled already.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
+    let mut named: smallvec::SmallVec<[HeaderName; 4]> = smallvec::SmallVec::new();
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            let handled = token.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP
                     .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .filter(|name| !PROXY_SET.contains(name))
-        .collect();
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+            if handled {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if !PROXY_SET.contains(&name) {
+                    named.push(name);
+                }
+            }
+        }
+    }
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
     } else {
@@ -195,13 +198,20 @@ pub struct Hop<'a> {
 /// Set the forwarding headers of DESIGN §2 step 9, and `Host`.
 pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let ip = &hop.client.ip;
-    let mut forwarded = String::with_capacity(hop.client.node.len() + hop.host.len() + 24);
+    // Exactly sized: the header value then takes the string's allocation as it is.
+    let kept = |c: &u8| !matches!(c, b'"' | b'\\');
+    let host_len = hop.host.bytes().filter(kept).count();
+    let mut forwarded = String::with_capacity(
+        "for=;proto=;host=\"\"".len() + hop.client.node.len() + hop.proto.len() + host_len,
+    );
     forwarded.push_str("for=");
     forwarded.push_str(&hop.client.node);
     forwarded.push_str(";proto=");
     forwarded.push_str(hop.proto);
     forwarded.push_str(";host=\"");
-    forwarded.extend(hop.host.chars().filter(|c| !matches!(c, '"' | '\\')));
+    for part in hop.host.split(['"', '\\']) {
+        forwarded.push_str(part);
+    }
     forwarded.push('"');
     let ip_value = hop.client.ip_value.clone();
     // Usually the one Host header already says it: that value is shared, not copied.

@@ -3,7 +3,7 @@
 //! and exactly one access-log line either way.
 
 use crate::access_log::{LogLine, Name, Names};
-use crate::body::{Counted, LogGuard, Logged, RequestBody};
+use crate::body::{Counted, LogGuard, Logged, RequestBody, Tally};
 use crate::headers::{self, Hop};
 use crate::timers::{Busy, ConnTimers};
 use crate::upstream::{elapsed_ms, HashKey, ProxyBody, UpstreamError};
@@ -22,7 +22,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -136,7 +135,7 @@ pub async fn handle(
         ts: crate::access_log::Timestamp::now(),
         listener: Some(conn.listener.clone()),
         client: Some(conn.client.text.clone()),
-        method: Some(req.method().as_str().to_string()),
+        method: Some(method_name(req.method())),
         tls: conn.tls.as_ref().map(crate::server::tls_info),
         ..LogLine::default()
     };
@@ -183,15 +182,16 @@ pub async fn handle(
         (None, None) if !h2 => uri.to_string().into(),
         _ => "/".into(),
     };
-    let hosts: Vec<&HeaderValue> = req.headers().get_all(HOST).iter().collect();
+    let mut host_values = req.headers().get_all(HOST).iter();
+    let (first_host, more_hosts) = (host_values.next(), host_values.next().is_some());
     let authority = if h2 {
         uri.authority().map(|a| a.as_str().to_string())
     } else {
         None
     };
-    let host_text: Option<&str> = match (&authority, hosts.as_slice()) {
-        (Some(a), _) => Some(a.as_str()),
-        (None, [one]) => match one.to_str() {
+    let host_text: Option<&str> = match (&authority, first_host, more_hosts) {
+        (Some(a), _, _) => Some(a.as_str()),
+        (None, Some(one), false) => match one.to_str() {
             Ok(s) => Some(s),
             Err(_) => {
                 return Ok(local(
@@ -206,8 +206,8 @@ pub async fn handle(
         },
         _ => None,
     };
-    let host = match (host_text, hosts.len()) {
-        (_, n) if n > 1 => HostHeader::Many,
+    let host = match (host_text, more_hosts) {
+        (_, true) => HostHeader::Many,
         (Some(h), _) => HostHeader::One(h),
         (None, _) => HostHeader::Missing,
     };
@@ -448,6 +448,28 @@ fn is_upgrade(req: &http::Request<RequestBody>) -> bool {
         && headers::has_token(req.headers(), CONNECTION, "upgrade")
 }
 
+/// A method's name for the log line: borrowed for the standard methods.
+fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().position(|m| m == method) {
+        Some(i) => NAMES[i].into(),
+        None => method.as_str().to_string().into(),
+    }
+}
+
 /// 128 random bits as 32 lowercase hex digits.
 fn new_request_id() -> Name {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -588,10 +610,9 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_in = Arc::new(Tally::default());
     let limits = &snap.config.listeners[lid as usize].limits;
-    let client_body_failed = Arc::new(AtomicBool::new(false));
-    let counted = Counted::new(body, bytes_in.clone(), client_body_failed.clone());
+    let counted = Counted::new(body, bytes_in.clone());
     let body: ProxyBody = match limits.max_body_bytes {
         Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
         None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -694,10 +715,10 @@ async fn forward(
         // A client body that broke the exchange (cut short, over
         // max_body_bytes) says nothing about the target: no outlier count.
         let client_fault = sent.is_err()
-            && (client_body_failed.load(Ordering::Relaxed)
+            && (bytes_in.failed()
                 || limits
                     .max_body_bytes
-                    .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max));
+                    .is_some_and(|max| bytes_in.bytes() > max));
         if !client_fault {
             group.report(target, !failed);
         }
@@ -732,11 +753,11 @@ async fn forward(
             // step 2): the upstream request is aborted and the client told why.
             let over_limit = limits
                 .max_body_bytes
-                .is_some_and(|max| bytes_in.load(Ordering::Relaxed) > max);
+                .is_some_and(|max| bytes_in.bytes() > max);
             if over_limit {
                 return line.local(413, DecisionKind::BadRequest, true);
             }
-            if client_body_failed.load(Ordering::Relaxed) {
+            if bytes_in.failed() {
                 return line.local(400, DecisionKind::BadRequest, true);
             }
             return line.upstream_failure(e);
