@@ -339,7 +339,14 @@ async fn serve_hyper<I>(
     let peer = conn.peer;
     let max_head = max_head(&limits);
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        handle(req.map(RequestBody::Hyper), conn.clone())
+        // Boxed, and written into the box (see `http::handle`): hyper moves
+        // the service's future around with its stream's state (for HTTP/2
+        // into a task of its own, five copies per request); a box moves as
+        // a pointer (-2.9k instructions per h2 request).
+        Box::into_pin(Box::write(
+            Box::new_uninit(),
+            handle(req.map(RequestBody::Hyper), conn.clone()),
+        ))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
