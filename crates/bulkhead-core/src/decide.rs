@@ -245,7 +245,7 @@ impl Snapshot {
             );
         };
         let t = &self.tenants[tid as usize];
-        if !t.served_on[lid as usize] {
+        if !t.served_on.contains(lid as usize) {
             trace.step("host", "fail", || {
                 format!("tenant `{}` is not served on listener `{}`", t.name, l.name)
             });
@@ -296,7 +296,7 @@ impl Snapshot {
         t.router.candidates(match_path, &mut candidates);
         let matched = candidates.iter().copied().find(|&ri| {
             let r = &t.routes[ri as usize];
-            r.listeners[lid as usize] && r.matcher.matches_rest(match_path, &facts)
+            r.listeners.contains(lid as usize) && r.matcher.matches_rest(match_path, &facts)
         });
         let mut d = fail(DecisionKind::NoRoute, "no route matches".into(), Some(tid));
         d.path = Some(path.clone());

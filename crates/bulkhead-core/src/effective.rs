@@ -16,6 +16,7 @@
 //! the config file's folder when they lie under it, so the same config read
 //! from two places gives the same view.
 
+use crate::listener_set::ListenerSet;
 use crate::snapshot::{RouteAction, Snapshot};
 use bulkhead_config::{
     AccessLog, Action, Auth, Balance, CertPair, Config, Faults, HashOn, HeaderEdits, Invariant,
@@ -614,11 +615,10 @@ impl Snapshot {
     pub fn effective(&self) -> EffectiveConfig {
         let cfg: &Config = &self.config;
         let path = |p: &Path| display_path(&cfg.base_dir, p);
-        let listener_names = |mask: &[bool]| -> Vec<String> {
-            mask.iter()
-                .zip(&self.listeners)
-                .filter(|(on, _)| **on)
-                .map(|(_, l)| l.name.clone())
+        let listener_names = |set: &ListenerSet| -> Vec<String> {
+            set.iter()
+                .filter_map(|i| self.listeners.get(i))
+                .map(|l| l.name.clone())
                 .collect()
         };
         let group_name = |r: &str, owner: Option<usize>| -> String {

@@ -120,7 +120,7 @@ pub(crate) fn edges(s: &Snapshot) -> Vec<Edge> {
         }
         for (ti, t) in s.tenants.iter().enumerate() {
             for (ri, r) in t.routes.iter().enumerate() {
-                if !r.listeners[li] {
+                if !r.listeners.contains(li) {
                     continue;
                 }
                 let RouteAction::Forward { legs, .. } = &r.action else {

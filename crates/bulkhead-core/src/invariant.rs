@@ -55,7 +55,7 @@ pub(crate) fn check_splits(cx: &Collector, s: &Snapshot) {
                 continue;
             }
             for (li, l) in s.listeners.iter().enumerate() {
-                if !r.listeners[li] {
+                if !r.listeners.contains(li) {
                     continue;
                 }
                 let allowed: HashSet<bool> = legs

@@ -55,6 +55,7 @@ mod graph;
 pub mod host;
 mod invariant;
 pub mod lint;
+mod listener_set;
 pub mod normalize;
 mod request;
 pub mod router;
@@ -69,6 +70,7 @@ pub use decision::{
 };
 pub use effective::EffectiveConfig;
 pub use graph::{Edge, EdgeView, GraphView};
+pub use listener_set::ListenerSet;
 pub use request::{
     auth_key, Credentials, HeaderSource, HostHeader, HttpVersion, MatchFacts, NoHeaders, Request,
 };

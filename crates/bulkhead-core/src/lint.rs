@@ -51,11 +51,7 @@ fn shadowed_routes(s: &Snapshot, out: &mut Vec<Lint>) {
             let by = t.routes[..j].iter().find(|earlier: &&RouteInfo| {
                 earlier.matcher.path_only()
                     && covers(&earlier.matcher.path, &later.matcher.path)
-                    && later
-                        .listeners
-                        .iter()
-                        .zip(&earlier.listeners)
-                        .all(|(l, e)| !*l || *e)
+                    && later.listeners.is_subset(&earlier.listeners)
             });
             if let Some(earlier) = by {
                 out.push(Lint {
@@ -121,7 +117,7 @@ fn unused_flows(s: &Snapshot, out: &mut Vec<Lint>) {
 fn never_allowed_routes(s: &Snapshot, out: &mut Vec<Lint>) {
     for (ti, t) in s.tenants.iter().enumerate() {
         for (ri, r) in t.routes.iter().enumerate() {
-            if !r.listeners.iter().any(|l| *l) {
+            if r.listeners.is_empty() {
                 out.push(Lint {
                     pos: r.pos,
                     message: format!(
@@ -188,7 +184,7 @@ fn overlapping_hosts(s: &Snapshot, out: &mut Vec<Lint>) {
 
 fn idle_listeners(s: &Snapshot, out: &mut Vec<Lint>) {
     for (li, l) in s.listeners.iter().enumerate() {
-        if l.protocol.is_http() && !s.tenants.iter().any(|t| t.served_on[li]) {
+        if l.protocol.is_http() && !s.tenants.iter().any(|t| t.served_on.contains(li)) {
             out.push(Lint {
                 pos: s.config.listeners[li].name.pos,
                 message: format!(

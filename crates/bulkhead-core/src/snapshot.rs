@@ -7,6 +7,7 @@ use crate::decision::{GroupId, ListenerId, TenantId, ZoneId};
 use crate::graph::{self, Edge};
 use crate::host::{normalize_host, pattern_matches, HostIndex};
 use crate::invariant;
+use crate::listener_set::ListenerSet;
 use crate::router::{compile_path, compile_value, Matcher, Router};
 use bulkhead_config::{
     Action, Auth, Cache, Collector, Config, ConfigErrors, Faults, HeaderEdits, Normalize, Policy,
@@ -52,8 +53,8 @@ pub struct TenantInfo {
     pub router: Router,
     /// Its routes, file order.
     pub routes: Vec<RouteInfo>,
-    /// Served on listener `i` when `served_on[i]`.
-    pub served_on: Vec<bool>,
+    /// The listeners it is served on.
+    pub served_on: ListenerSet,
 }
 
 /// What a route does, compiled.
@@ -100,8 +101,8 @@ pub struct RouteInfo {
     pub matcher: Matcher,
     /// Its action.
     pub action: RouteAction,
-    /// Attached to listener `i` when `listeners[i]` (route `listeners`, else the tenant's).
-    pub listeners: Vec<bool>,
+    /// The listeners it is attached to (route `listeners`, else the tenant's).
+    pub listeners: ListenerSet,
     /// Its policy: inline keys, then its profile, then the tenant's profile.
     /// Every route without one shares a single empty policy, so a request
     /// reads the same few cache lines whichever tenant it is for.
@@ -395,9 +396,9 @@ fn build(cx: &Collector, config: Config) -> Snapshot {
         for h in &t.hosts {
             hosts.insert(&h.value, ti as TenantId);
         }
-        let mut served_on = vec![false; listeners.len()];
+        let mut served_on = ListenerSet::empty(listeners.len());
         for l in config.tenant_listeners(ti) {
-            served_on[l] = true;
+            served_on.insert(l);
         }
         let tenant_policy = profile_policy(&t.profile);
         let mut routes = Vec::new();
@@ -457,7 +458,7 @@ fn compile_route(
     config: &Config,
     tenant: usize,
     r: &bulkhead_config::Route,
-    served_on: &[bool],
+    served_on: &ListenerSet,
     group_ids: &HashMap<(usize, usize), GroupId>,
     service_id: &dyn Fn(&str) -> Option<u32>,
     case_insensitive: bool,
@@ -517,19 +518,21 @@ fn compile_route(
     };
     let listeners = match &r.listeners {
         Some(names) => {
-            let mut mask = vec![false; served_on.len()];
+            let mut mask = ListenerSet::empty(config.listeners.len());
             for n in names {
                 if let Some(i) = config
                     .listeners
                     .iter()
                     .position(|l| l.name.value == n.value)
                 {
-                    mask[i] = served_on[i];
+                    if served_on.contains(i) {
+                        mask.insert(i);
+                    }
                 }
             }
             mask
         }
-        None => served_on.to_vec(),
+        None => served_on.clone(),
     };
     Some(RouteInfo {
         name: r.name.value.clone(),

@@ -233,9 +233,8 @@ fn routes(proxy: &Proxy) -> AdminResponse {
             let listeners: Vec<&str> = r
                 .listeners
                 .iter()
-                .enumerate()
-                .filter(|(_, on)| **on)
-                .map(|(i, _)| s.listeners[i].name.as_str())
+                .filter_map(|i| s.listeners.get(i))
+                .map(|l| l.name.as_str())
                 .collect();
             let (action, groups) = match &r.action {
                 bulkhead_core::RouteAction::Forward { legs, .. } => (

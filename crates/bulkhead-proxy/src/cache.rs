@@ -446,7 +446,7 @@ fn live_stores(snap: &Snapshot) -> HashSet<StoreKey> {
     let mut live = HashSet::new();
     for lid in 0..snap.listeners.len() {
         for (tid, t) in snap.tenants.iter().enumerate() {
-            if !t.served_on.get(lid).copied().unwrap_or(false) {
+            if !t.served_on.contains(lid) {
                 continue;
             }
             for (rid, r) in t.routes.iter().enumerate() {

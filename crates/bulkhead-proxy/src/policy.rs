@@ -109,7 +109,7 @@ impl Policies {
         let mut limiters = HashMap::new();
         for (lid, _) in snapshot.listeners.iter().enumerate() {
             for (tid, t) in snapshot.tenants.iter().enumerate() {
-                if !t.served_on[lid] {
+                if !t.served_on.contains(lid) {
                     continue;
                 }
                 for rid in 0..t.routes.len() {
@@ -158,7 +158,7 @@ impl Policies {
         for (lid, b) in listener_budgets.iter().enumerate() {
             if b.is_some() {
                 for (tid, t) in snapshot.tenants.iter().enumerate() {
-                    if t.served_on[lid] {
+                    if t.served_on.contains(lid) {
                         shares.insert((lid as u32, tid as u32), Arc::default());
                     }
                 }

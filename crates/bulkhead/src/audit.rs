@@ -604,7 +604,10 @@ fn reachable(
     let t = &snap.tenants[tid as usize];
     let route = &t.routes[ri];
     let l = &snap.listeners[lid as usize];
-    if !l.protocol.is_http() || !t.served_on[lid as usize] || !route.listeners[lid as usize] {
+    if !l.protocol.is_http()
+        || !t.served_on.contains(lid as usize)
+        || !route.listeners.contains(lid as usize)
+    {
         return Err(format!("not attached to listener {}", l.name));
     }
     let legs = match &route.action {
