@@ -57,39 +57,27 @@ impl ListenerSet {
     }
 }
 
-impl FromIterator<(usize, bool)> for ListenerSet {
-    /// The set of the ids marked `true`, over as many listeners as are given.
-    fn from_iter<I: IntoIterator<Item = (usize, bool)>>(marks: I) -> ListenerSet {
-        let mut words: SmallVec<[u64; 2]> = SmallVec::new();
-        for (i, on) in marks {
-            if words.len() <= i / 64 {
-                words.resize(i / 64 + 1, 0);
-            }
-            if on {
-                words[i / 64] |= 1 << (i % 64);
-            }
-        }
-        ListenerSet { words }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The set of the ids marked `true`.
+    fn set_of(marks: &[bool]) -> ListenerSet {
+        let mut set = ListenerSet::empty(marks.len());
+        for (i, on) in marks.iter().enumerate() {
+            if *on {
+                set.insert(i);
+            }
+        }
+        set
+    }
+
     proptest! {
         /// The set agrees with the `Vec<bool>` it replaces, at any size.
         #[test]
         fn agrees_with_a_bool_vector(marks in proptest::collection::vec(any::<bool>(), 0..300)) {
-            let set: ListenerSet = marks.iter().copied().enumerate().collect();
-            let mut built = ListenerSet::empty(marks.len());
-            for (i, on) in marks.iter().enumerate() {
-                if *on {
-                    built.insert(i);
-                }
-            }
-            prop_assert_eq!(&set, &built);
+            let set = set_of(&marks);
             for i in 0..marks.len() + 70 {
                 prop_assert_eq!(set.contains(i), marks.get(i).copied().unwrap_or(false));
             }
@@ -102,9 +90,8 @@ mod tests {
         /// Subsets agree with the element-wise reading.
         #[test]
         fn subsets(a in proptest::collection::vec(any::<bool>(), 0..140), b in proptest::collection::vec(any::<bool>(), 0..140)) {
-            let set = |m: &[bool]| m.iter().copied().enumerate().collect::<ListenerSet>();
             let expected = a.iter().enumerate().all(|(i, &on)| !on || b.get(i).copied().unwrap_or(false));
-            prop_assert_eq!(set(&a).is_subset(&set(&b)), expected);
+            prop_assert_eq!(set_of(&a).is_subset(&set_of(&b)), expected);
         }
     }
 

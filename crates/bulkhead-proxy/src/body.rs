@@ -92,7 +92,7 @@ pub struct LogGuard {
     line: Option<LogLine>,
     shared: Arc<Shared>,
     started: Instant,
-    bytes_in: Arc<Tally>,
+    request_body: Arc<Tally>,
     /// Response body bytes sent so far.
     pub bytes_out: u64,
     _lease: Option<Lease>,
@@ -105,7 +105,7 @@ impl LogGuard {
         line: LogLine,
         shared: Arc<Shared>,
         started: Instant,
-        bytes_in: Arc<Tally>,
+        request_body: Arc<Tally>,
         lease: Option<Lease>,
         busy: Option<(Busy, BudgetSlots)>,
     ) -> Self {
@@ -113,7 +113,7 @@ impl LogGuard {
             line: Some(line),
             shared,
             started,
-            bytes_in,
+            request_body,
             bytes_out: 0,
             _lease: lease,
             _busy: busy,
@@ -124,7 +124,7 @@ impl LogGuard {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         if let Some(mut line) = self.line.take() {
-            line.bytes_in = self.bytes_in.bytes();
+            line.bytes_in = self.request_body.bytes();
             line.bytes_out = self.bytes_out;
             line.duration_ms = elapsed_ms(self.started);
             self.shared.record(line);

@@ -966,7 +966,7 @@ impl Hit {
         mut line: LogLine,
         shared: &Arc<Shared>,
         started: Instant,
-        bytes_in: Arc<crate::body::Tally>,
+        request_body: Arc<crate::body::Tally>,
         busy: (Busy, BudgetSlots),
         edits: Option<&HeaderEdits>,
     ) -> Response<ProxyBody> {
@@ -994,7 +994,14 @@ impl Hit {
         line.status = Some(status.as_u16());
         line.target = None;
         line.upstream_ms = None;
-        let guard = LogGuard::new(line, shared.clone(), started, bytes_in, None, Some(busy));
+        let guard = LogGuard::new(
+            line,
+            shared.clone(),
+            started,
+            request_body,
+            None,
+            Some(busy),
+        );
         let body = Logged::new(Full::new(body), guard)
             .map_err(|never: Infallible| match never {})
             .boxed();

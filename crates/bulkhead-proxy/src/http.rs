@@ -610,9 +610,9 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
-    let bytes_in = Arc::new(Tally::default());
+    let request_body = Arc::new(Tally::default());
     let limits = &snap.config.listeners[lid as usize].limits;
-    let counted = Counted::new(body, bytes_in.clone());
+    let counted = Counted::new(body, request_body.clone());
     let body: ProxyBody = match limits.max_body_bytes {
         Some(max) => Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
         None => counted.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -643,7 +643,7 @@ async fn forward(
                 line.take(),
                 &conn.shared,
                 started,
-                bytes_in,
+                request_body,
                 (busy, budget),
                 edits,
             );
@@ -715,10 +715,10 @@ async fn forward(
         // A client body that broke the exchange (cut short, over
         // max_body_bytes) says nothing about the target: no outlier count.
         let client_fault = sent.is_err()
-            && (bytes_in.failed()
+            && (request_body.failed()
                 || limits
                     .max_body_bytes
-                    .is_some_and(|max| bytes_in.bytes() > max));
+                    .is_some_and(|max| request_body.bytes() > max));
         if !client_fault {
             group.report(target, !failed);
         }
@@ -753,11 +753,11 @@ async fn forward(
             // step 2): the upstream request is aborted and the client told why.
             let over_limit = limits
                 .max_body_bytes
-                .is_some_and(|max| bytes_in.bytes() > max);
+                .is_some_and(|max| request_body.bytes() > max);
             if over_limit {
                 return line.local(413, DecisionKind::BadRequest, true);
             }
-            if bytes_in.failed() {
+            if request_body.failed() {
                 return line.local(400, DecisionKind::BadRequest, true);
             }
             return line.upstream_failure(e);
@@ -803,7 +803,7 @@ async fn forward(
         line.take(),
         conn.shared.clone(),
         started,
-        bytes_in,
+        request_body,
         Some(lease),
         Some((busy, budget)),
     );
