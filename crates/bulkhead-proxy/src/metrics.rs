@@ -114,6 +114,11 @@ impl LabelIdentity {
     }
 }
 
+/// Label sets cached before the cache starts over. Every shared name keeps
+/// one address, so a config's label sets fit many times over; the bound is
+/// for lines whose names are copies (each would add an entry of its own).
+const MAX_CACHED: usize = 65_536;
+
 /// All metrics of one proxy.
 pub struct Metrics {
     handles: Mutex<HashMap<LabelIdentity, Handles, foldhash::fast::FixedState>>,
@@ -200,20 +205,23 @@ impl Metrics {
     /// Count one finished request or connection.
     pub fn observe(&self, line: &LogLine) {
         let class = status_class(line.status);
+        let id = LabelIdentity::of(line, class);
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
-        let h = handles
-            .entry(LabelIdentity::of(line, class))
-            .or_insert_with(|| {
-                self.handles_for(RequestLabels {
-                    listener: line.listener.clone(),
-                    zone: line.zone.clone(),
-                    tenant: line.tenant.clone(),
-                    route: line.route.clone(),
-                    group: line.group.clone(),
-                    decision: line.decision,
-                    status_class: class,
-                })
-            });
+        if handles.len() >= MAX_CACHED && !handles.contains_key(&id) {
+            // Only the cache: the counts live in the families.
+            handles.clear();
+        }
+        let h = handles.entry(id).or_insert_with(|| {
+            self.handles_for(RequestLabels {
+                listener: line.listener.clone(),
+                zone: line.zone.clone(),
+                tenant: line.tenant.clone(),
+                route: line.route.clone(),
+                group: line.group.clone(),
+                decision: line.decision,
+                status_class: class,
+            })
+        });
         h.requests.inc();
         if let Some(denied) = &h.denied {
             denied.inc();
@@ -342,5 +350,36 @@ impl Metrics {
         let _ = writeln!(out, "# HELP bulkhead_access_log_dropped Access-log lines dropped because the writer fell behind.\n# TYPE bulkhead_access_log_dropped counter\nbulkhead_access_log_dropped_total {dropped_log_lines}");
         out.push_str("# EOF\n");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_copied_per_line_neither_grow_the_cache_without_bound_nor_lose_counts() {
+        let metrics = Metrics::default();
+        let lines = MAX_CACHED + 10;
+        for _ in 0..lines {
+            // A fresh copy of the name each time: a new address, a new entry.
+            metrics.observe(&LogLine {
+                listener: Some(Name::from("web")),
+                decision: "deny",
+                ..LogLine::default()
+            });
+        }
+        let cached = metrics.handles.lock().map(|h| h.len()).unwrap_or(0);
+        assert!(cached <= MAX_CACHED, "{cached} entries cached");
+        let series = RequestLabels {
+            listener: Some(Name::from("web")),
+            zone: None,
+            tenant: None,
+            route: None,
+            group: None,
+            decision: "deny",
+            status_class: status_class(None),
+        };
+        assert_eq!(metrics.requests.get_or_create(&series).get(), lines as u64);
     }
 }

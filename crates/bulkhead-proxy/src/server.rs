@@ -148,7 +148,7 @@ pub async fn accept_loop(
 /// One log line for a connection refused before any request.
 fn log_refused(
     shared: &Shared,
-    listener: &str,
+    listener: &Arc<str>,
     peer: SocketAddr,
     kind: DecisionKind,
     tls: Option<TlsInfo>,
@@ -468,8 +468,10 @@ fn log_parse_error(
     });
 }
 
-/// A log line with what is known of a connection before any request.
-fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine {
+/// A log line with what is known of a connection before any request. The
+/// listener's name is the accept loop's, shared: the metrics recognise a
+/// label set by its names' addresses, so a fresh copy per line would miss.
+fn connection_line(shared: &Shared, listener: &Arc<str>, peer: SocketAddr) -> LogLine {
     let g = shared.generation.load();
     let zone = g.snapshot.listener_id(listener).and_then(|id| {
         let zone = g.snapshot.listeners[id as usize].zone;
@@ -477,7 +479,7 @@ fn connection_line(shared: &Shared, listener: &str, peer: SocketAddr) -> LogLine
     });
     LogLine {
         ts: crate::access_log::Timestamp::now(),
-        listener: Some(listener.into()),
+        listener: Some(listener.clone()),
         zone,
         client: Some(peer.to_string().into()),
         ..LogLine::default()
