@@ -21,18 +21,9 @@ TENANTS="${1:-1000}"
 BIN="${2:-target/release/bulkhead}"
 . bench/callgrind-setup.sh
 callgrind_setup "$BIN" valgrind:valgrind nginx:nginx wrk:wrk callgrind_control:valgrind
-python3 - "$TENANTS" "$WORK" <<'EOF'
+python3 - "$TENANTS" "$WORK" "$PROXY_HEAD" <<'EOF'
 import sys
-tenants, work = int(sys.argv[1]), sys.argv[2]
-yaml = """version: 1
-workers: 1
-log: { access: off }
-zones: { public: {} }
-flows: [{ from: public, to: [public] }]
-listeners:
-  web: { bind: "127.0.0.1:18100", zone: public, protocol: http }
-tenants:
-"""
+tenants, work, yaml = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 for i in range(tenants):
     yaml += f"  t{i}:\n    hosts: [t{i}.bench.test]\n"
     yaml += '    target_groups: { app: { zone: public, targets: ["127.0.0.1:18000"] } }\n    routes:\n'

@@ -7,6 +7,18 @@
 # builds BINARY if it is missing, makes $WORK (removed on exit, with every
 # background job stopped) and starts the backend: nginx on 127.0.0.1:18000
 # answering a small fixed 200.
+#
+# PROXY_HEAD: the start of the proxy's config (one worker, no access log,
+# one listener on 127.0.0.1:18100), to be followed by its tenants.
+PROXY_HEAD='version: 1
+workers: 1
+log: { access: off }
+zones: { public: {} }
+flows: [{ from: public, to: [public] }]
+listeners:
+  web: { bind: "127.0.0.1:18100", zone: public, protocol: http }
+tenants:
+'
 callgrind_setup() {
   local bin="$1" tool
   shift

@@ -13,20 +13,13 @@ cd "$(dirname "$0")/.."
 BIN="${1:-target/release/bulkhead}"
 . bench/callgrind-setup.sh
 callgrind_setup "$BIN" valgrind:valgrind nginx:nginx h2load:nghttp2-client
-cat > "$WORK/bulkhead.yaml" <<EOF
-version: 1
-workers: 1
-log: { access: off }
-zones: { public: {} }
-flows: [{ from: public, to: [public] }]
-listeners:
-  web: { bind: "127.0.0.1:18100", zone: public, protocol: http }
-tenants:
+{ printf '%s' "$PROXY_HEAD"; cat <<EOF
   bench:
     hosts: ["127.0.0.1"]
     target_groups: { app: { zone: public, targets: ["127.0.0.1:18000"] } }
     routes: [{ name: all, match: { path_prefix: / }, forward: app }]
 EOF
+} > "$WORK/bulkhead.yaml"
 total() { # requests -> total instructions of the proxy's run
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run -c "$WORK/bulkhead.yaml" 2>/dev/null &
   local pid=$!
