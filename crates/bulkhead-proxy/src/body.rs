@@ -30,6 +30,11 @@ impl Tally {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Has the body gone past `limit` (`max_body_bytes`, if any)?
+    pub fn over(&self, limit: Option<u64>) -> bool {
+        limit.is_some_and(|max| self.bytes() > max)
+    }
+
     /// Did the body yield an error (a client's bad chunking, say)?
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)

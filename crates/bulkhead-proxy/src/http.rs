@@ -450,22 +450,19 @@ fn is_upgrade(req: &http::Request<RequestBody>) -> bool {
 
 /// A method's name for the log line: borrowed for the standard methods.
 fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
-    const STANDARD: [Method; 9] = [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
     ];
-    const NAMES: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match STANDARD.iter().position(|m| m == method) {
-        Some(i) => NAMES[i].into(),
+    match STANDARD.iter().find(|(m, _)| m == method) {
+        Some((_, name)) => (*name).into(),
         None => method.as_str().to_string().into(),
     }
 }
@@ -714,11 +711,8 @@ async fn forward(
         };
         // A client body that broke the exchange (cut short, over
         // max_body_bytes) says nothing about the target: no outlier count.
-        let client_fault = sent.is_err()
-            && (request_body.failed()
-                || limits
-                    .max_body_bytes
-                    .is_some_and(|max| request_body.bytes() > max));
+        let client_fault =
+            sent.is_err() && (request_body.failed() || request_body.over(limits.max_body_bytes));
         if !client_fault {
             group.report(target, !failed);
         }
@@ -751,10 +745,7 @@ async fn forward(
             drop(lease);
             // The client's body broke the exchange, not the upstream (DESIGN §2
             // step 2): the upstream request is aborted and the client told why.
-            let over_limit = limits
-                .max_body_bytes
-                .is_some_and(|max| request_body.bytes() > max);
-            if over_limit {
+            if request_body.over(limits.max_body_bytes) {
                 return line.local(413, DecisionKind::BadRequest, true);
             }
             if request_body.failed() {
