@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a target's answer to `GET /` (or `HEAD /` when the
-//! first byte is odd): a loopback backend writes them and closes, and
+//! first byte is odd; the head taken as bytes, `ResponseHeads::Raw`, when
+//! its second bit is set): a loopback backend writes them and closes, and
 //! `h1_upstream` parses the head and reads the body. Besides "never
 //! panics, never hangs", it checks that a body never yields more bytes
 //! than the target sent, and that a connection only goes back to the pool
@@ -7,6 +8,7 @@
 #![no_main]
 
 use bulkhead_proxy::h1_upstream::Pool;
+use bulkhead_proxy::raw_head::ResponseHeads;
 use bulkhead_proxy::upstream::ProxyBody;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
@@ -59,6 +61,11 @@ fuzz_target!(|data: &[u8]| {
         };
         let pool = Arc::new(Pool::new(&b.addr.to_string(), Duration::from_secs(60), 4));
         let method = if flags & 1 == 1 { "HEAD" } else { "GET" };
+        let heads = if flags & 2 == 2 {
+            ResponseHeads::Raw
+        } else {
+            ResponseHeads::Map
+        };
         let req = http::Request::builder()
             .method(method)
             .uri("/")
@@ -66,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
             .body(ProxyBody::default())
             .expect("request");
         let exchange = async {
-            let Ok(resp) = pool.send(req, Duration::from_secs(1)).await else {
+            let Ok(resp) = pool.send(req, Duration::from_secs(1), heads).await else {
                 return;
             };
             let collected = resp.into_body().collect().await;

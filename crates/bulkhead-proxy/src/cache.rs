@@ -49,6 +49,7 @@
 use crate::access_log::LogLine;
 use crate::body::{LogGuard, Logged};
 use crate::policy::BudgetSlots;
+use crate::raw_head::ResponseHeads;
 use crate::timers::Busy;
 use crate::upstream::{GroupRuntime, HashKey, ProxyBody, UpstreamError};
 use crate::{Generation, Shared};
@@ -1271,7 +1272,13 @@ async fn refresh_once(
         .unwrap_or(timeouts.first_byte + timeouts.idle);
     let sent = match tokio::time::timeout(
         total,
-        group.send(target, req, timeouts.first_byte, timeouts.connect),
+        group.send(
+            target,
+            req,
+            timeouts.first_byte,
+            timeouts.connect,
+            ResponseHeads::Map,
+        ),
     )
     .await
     {

@@ -14,6 +14,7 @@
 
 use crate::body::RequestBody;
 use crate::http::{handle, Conn};
+use crate::raw_head::{RawHead, ResponseHeads};
 use crate::upstream::ProxyBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -145,7 +146,10 @@ where
     // in, and the request's state is large; it lives on the heap only while
     // a request is being answered. Written into the box, not built on the
     // stack and copied (see `http::handle`).
-    let mut handling = Box::into_pin(Box::write(Box::new_uninit(), handle(req, conn.clone())));
+    let mut handling = Box::into_pin(Box::write(
+        Box::new_uninit(),
+        handle(req, conn.clone(), ResponseHeads::Raw),
+    ));
     loop {
         tokio::select! {
             biased;
@@ -307,82 +311,135 @@ where
     I: AsyncWrite + Unpin,
 {
     let (mut parts, body) = resp.into_parts();
-    let status = parts.status;
-    let mut keep_alive =
-        keep_alive && !crate::headers::has_token(&parts.headers, CONNECTION, "close");
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let stated = crate::headers::content_length(&parts.headers);
-    if !(bodiless || head_only) {
-        // The framing is the proxy's to choose (it never passes one on).
-        parts.headers.remove(TRANSFER_ENCODING);
-    }
-    let framing = match (stated, body.size_hint().exact()) {
-        // The headers stay as they are: they describe what a GET would have had.
-        _ if bodiless || head_only => Framing::None,
-        (Some(Ok(n)), _) => {
-            // A list of one length (`12, 12`, or the header repeated) goes on
-            // as that one value (RFC 9110 §8.6).
-            let mut values = parts.headers.get_all(CONTENT_LENGTH).iter();
-            let first_is_list = values.next().is_some_and(|v| v.as_bytes().contains(&b','));
-            if first_is_list || values.next().is_some() {
-                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Framing::Length(n)
-        }
-        // A malformed length the response carries is not passed on.
-        (Some(Err(_)), _) => {
-            parts.headers.remove(CONTENT_LENGTH);
-            keep_alive = false;
-            Framing::Close
-        }
-        (None, Some(n)) => {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            Framing::Length(n)
-        }
-        (None, None) if version == Version::HTTP_11 => {
-            parts
-                .headers
-                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-            Framing::Chunked
-        }
-        (None, None) => {
-            keep_alive = false;
-            Framing::Close
-        }
+    let raw = parts.extensions.remove::<RawHead>();
+    let given = Given {
+        version,
+        status: parts.status,
+        headers: &parts.headers,
+        raw: raw.as_ref(),
     };
-    if !parts.headers.contains_key(DATE) {
-        parts.headers.insert(DATE, http_date());
-    }
-    match (version, keep_alive) {
-        (Version::HTTP_11, false) => {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        (Version::HTTP_10, true) => {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        }
-        _ => {}
-    }
-    let head = encode_head(version, status, &parts.headers);
+    let framed = Framed::of(&given, body.size_hint().exact(), head_only, keep_alive);
+    let head = encode_head(&given, &framed);
+    drop((parts, raw));
     let mut out = Outgoing {
         segments: smallvec::smallvec![Bytes::from(head)],
         gathered: 0,
     };
-    if framing == Framing::None {
+    if framed.framing == Framing::None {
         drop(body);
         out.write(io).await?;
-        return Ok(keep_alive);
+        return Ok(framed.keep_alive);
     }
-    let sent = stream_body(io, body, framing, &mut out).await?;
-    match framing {
+    let sent = stream_body(io, body, framed.framing, &mut out).await?;
+    match framed.framing {
         Framing::Length(n) if sent != n => Ok(false),
         Framing::Close => Ok(false),
-        _ => Ok(keep_alive),
+        _ => Ok(framed.keep_alive),
+    }
+}
+
+/// A response head as the proxy has it: the fields of its header map and,
+/// from an HTTP/1.1 target, those it forwards as bytes.
+struct Given<'a> {
+    version: Version,
+    status: StatusCode,
+    headers: &'a HeaderMap,
+    raw: Option<&'a RawHead>,
+}
+
+/// How a response goes on the wire, and what its head gains and loses on
+/// the way: the framing is the proxy's to choose (it never passes one on).
+#[derive(Debug, PartialEq)]
+struct Framed {
+    framing: Framing,
+    keep_alive: bool,
+    /// The header map's `Transfer-Encoding` is left out.
+    drop_transfer_encoding: bool,
+    /// The header map's `Content-Length` is left out.
+    drop_content_length: bool,
+    /// `Content-Length` written by the proxy.
+    length: Option<u64>,
+    /// `Transfer-Encoding: chunked` written by the proxy.
+    chunked: bool,
+    /// `Date` written by the proxy (the response has none).
+    date: Option<HeaderValue>,
+    /// `Connection` written by the proxy, in place of the map's.
+    connection: Option<&'static [u8]>,
+}
+
+impl Framed {
+    /// The framing of `given`, whose body is `exact` bytes if known, for a
+    /// client that would keep the connection alive or not.
+    fn of(given: &Given<'_>, exact: Option<u64>, head_only: bool, keep_alive: bool) -> Framed {
+        let headers = given.headers;
+        let status = given.status;
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let mut framed = Framed {
+            framing: Framing::None,
+            keep_alive: keep_alive && !crate::headers::has_token(headers, CONNECTION, "close"),
+            drop_transfer_encoding: !(bodiless || head_only),
+            drop_content_length: false,
+            length: None,
+            chunked: false,
+            date: None,
+            connection: None,
+        };
+        // A raw head's length is one plain number (`RawHead::scan`).
+        let stated = match given.raw.and_then(RawHead::content_length) {
+            Some(n) => Some(Ok(n)),
+            None => crate::headers::content_length(headers),
+        };
+        framed.framing = match (stated, exact) {
+            // The headers stay as they are: they describe what a GET would have had.
+            _ if bodiless || head_only => Framing::None,
+            (Some(Ok(n)), _) => {
+                // A list of one length (`12, 12`, or the header repeated)
+                // goes on as that one value (RFC 9110 §8.6).
+                let mut values = headers.get_all(CONTENT_LENGTH).iter();
+                let first_is_list = values.next().is_some_and(|v| v.as_bytes().contains(&b','));
+                if first_is_list || values.next().is_some() {
+                    framed.drop_content_length = true;
+                    framed.length = Some(n);
+                }
+                Framing::Length(n)
+            }
+            // A malformed length the response carries is not passed on.
+            (Some(Err(_)), _) => {
+                framed.drop_content_length = true;
+                framed.keep_alive = false;
+                Framing::Close
+            }
+            (None, Some(n)) => {
+                framed.length = Some(n);
+                Framing::Length(n)
+            }
+            (None, None) if given.version == Version::HTTP_11 => {
+                framed.chunked = true;
+                Framing::Chunked
+            }
+            (None, None) => {
+                framed.keep_alive = false;
+                Framing::Close
+            }
+        };
+        if !(given.raw.is_some_and(RawHead::has_date) || headers.contains_key(DATE)) {
+            framed.date = Some(http_date());
+        }
+        framed.connection = match (given.version, framed.keep_alive) {
+            (Version::HTTP_11, false) => Some(b"close"),
+            (Version::HTTP_10, true) => Some(b"keep-alive"),
+            _ => None,
+        };
+        framed
+    }
+
+    /// Whether the header map's field `name` is left out of the head.
+    fn drops(&self, name: &HeaderName) -> bool {
+        (self.drop_transfer_encoding && name == TRANSFER_ENCODING)
+            || (self.drop_content_length && name == CONTENT_LENGTH)
+            || (self.connection.is_some() && name == CONNECTION)
     }
 }
 
@@ -516,22 +573,43 @@ fn http_date() -> HeaderValue {
 }
 
 /// The status line and headers.
-fn encode_head(version: Version, status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
-    let size = headers
+fn encode_head(given: &Given<'_>, framed: &Framed) -> Vec<u8> {
+    use crate::h1_upstream::push_header;
+    let size = given
+        .headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>();
-    let mut head = Vec::with_capacity(size + 64);
-    head.extend_from_slice(match version {
+        .sum::<usize>()
+        + given.raw.map_or(0, RawHead::encoded_len);
+    // The status line and what the proxy adds fit in 160 bytes.
+    let mut head = Vec::with_capacity(size + 160);
+    head.extend_from_slice(match given.version {
         Version::HTTP_10 => b"HTTP/1.0 ",
         _ => b"HTTP/1.1 ",
     });
-    head.extend_from_slice(status.as_str().as_bytes());
+    head.extend_from_slice(given.status.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(given.status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        crate::h1_upstream::push_header(&mut head, name.as_str(), value.as_bytes());
+    for (name, value) in given.headers {
+        if !framed.drops(name) {
+            push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if let Some(raw) = given.raw {
+        raw.write(&mut head);
+    }
+    if let Some(n) = framed.length {
+        push_header(&mut head, b"content-length", n.to_string().as_bytes());
+    }
+    if framed.chunked {
+        push_header(&mut head, b"transfer-encoding", b"chunked");
+    }
+    if let Some(date) = &framed.date {
+        push_header(&mut head, b"date", date.as_bytes());
+    }
+    if let Some(connection) = framed.connection {
+        push_header(&mut head, b"connection", connection);
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -685,14 +763,181 @@ mod tests {
         assert_eq!(content_length(&h), Some(Ok(12)));
     }
 
+    fn given<'a>(headers: &'a HeaderMap, raw: Option<&'a RawHead>) -> Given<'a> {
+        Given {
+            version: Version::HTTP_11,
+            status: StatusCode::OK,
+            headers,
+            raw,
+        }
+    }
+
     #[test]
     fn heads_are_encoded_as_hyper_writes_them() {
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("1"));
-        let head = encode_head(Version::HTTP_11, StatusCode::NOT_FOUND, &h);
-        assert_eq!(head, b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\n\r\n");
-        let head = encode_head(Version::HTTP_10, StatusCode::from_u16(599).unwrap(), &h);
-        assert_eq!(head, b"HTTP/1.0 599 \r\nx-a: 1\r\n\r\n");
+        h.insert(DATE, HeaderValue::from_static("today"));
+        let mut g = given(&h, None);
+        g.status = StatusCode::NOT_FOUND;
+        let framed = Framed::of(&g, Some(0), false, true);
+        assert_eq!(
+            encode_head(&g, &framed),
+            b"HTTP/1.1 404 Not Found\r\nx-a: 1\r\ndate: today\r\ncontent-length: 0\r\n\r\n"
+        );
+        g.version = Version::HTTP_10;
+        g.status = StatusCode::from_u16(599).unwrap();
+        let framed = Framed::of(&g, None, false, true);
+        assert_eq!(framed.framing, Framing::Close);
+        assert!(!framed.keep_alive);
+        assert_eq!(
+            encode_head(&g, &framed),
+            b"HTTP/1.0 599 \r\nx-a: 1\r\ndate: today\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_nginx_head_is_forwarded_as_bytes() {
+        use crate::h1_upstream::parse_for_test;
+        let upstream =
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n\
+            Content-Type: text/plain\r\nContent-Length: 23\r\nConnection: keep-alive\r\n\r\n";
+        let parsed = parse_for_test(upstream, false, ResponseHeads::Raw)
+            .unwrap()
+            .unwrap();
+        assert!(parsed.headers.is_empty());
+        let raw = parsed.raw.as_ref().expect("taken as bytes");
+        assert!(parsed.keep_alive);
+        let g = given(&parsed.headers, Some(raw));
+        let framed = Framed::of(&g, parsed.exact, false, true);
+        assert_eq!(framed.framing, Framing::Length(23));
+        assert_eq!(
+            String::from_utf8(encode_head(&g, &framed)).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n\
+             Content-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+        );
+        // Asked for a header map, the same head gives one.
+        let parsed = parse_for_test(upstream, false, ResponseHeads::Map)
+            .unwrap()
+            .unwrap();
+        assert!(parsed.raw.is_none());
+        assert_eq!(parsed.headers.len(), 5);
+    }
+
+    /// A client-side head as `(lowercased name, value)` pairs, grouped by
+    /// name in a stable order (the values of one name stay in theirs), the
+    /// `Date` the proxy adds blanked (it may tick between two heads).
+    fn fields_of(head: &[u8]) -> Vec<(String, String)> {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut slots);
+        assert!(parsed.parse(head).unwrap().is_complete());
+        let mut fields: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let name = h.name.to_ascii_lowercase();
+                let value = String::from_utf8_lossy(h.value).into_owned();
+                (name, value)
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields
+    }
+
+    /// A target's field: name, value and line ending.
+    fn upstream_field() -> impl proptest::strategy::Strategy<Value = (String, String, &'static str)>
+    {
+        use proptest::prelude::*;
+        const NAMES: [&str; 16] = [
+            "Server",
+            "Content-Length",
+            "content-length",
+            "Date",
+            "Connection",
+            "Keep-Alive",
+            "Transfer-Encoding",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Proxy-Connection",
+            "X-A",
+            "x-a",
+            "X-B",
+            "Content-Type",
+            "Set-Cookie",
+        ];
+        const VALUES: [&str; 19] = [
+            "12",
+            "0",
+            "3",
+            "1, 1",
+            "1, 2",
+            "+3",
+            " 7 ",
+            "keep-alive",
+            "close",
+            "Keep-Alive, CLOSE",
+            "x-a",
+            "x-b, close",
+            "X-Request-Id",
+            "chunked",
+            "gzip, chunked",
+            "nginx",
+            "",
+            "Mon, 07 Dec 2026 20:00:00 GMT",
+            "a=b; Path=/",
+        ];
+        (
+            proptest::sample::select(NAMES.as_slice()),
+            proptest::sample::select(VALUES.as_slice()),
+            proptest::sample::select(["\r\n", "\r\n", "\n", " \r\n"].as_slice()),
+        )
+            .prop_map(|(n, v, end)| (n.to_string(), v.to_string(), end))
+    }
+
+    proptest::proptest! {
+        /// Taken as bytes or as a header map, a target's head reaches the
+        /// client the same: the same framing and keep-alive upstream and
+        /// downstream, the same fields (names compared case-insensitively).
+        #[test]
+        fn a_head_forwarded_as_bytes_equals_the_header_maps(
+            status in proptest::sample::select(vec![200u16, 201, 204, 206, 304, 404, 503]),
+            upstream_11 in proptest::bool::ANY,
+            fields in proptest::collection::vec(upstream_field(), 0..8),
+            head_request in proptest::bool::ANY,
+            client_11 in proptest::bool::ANY,
+            client_keep_alive in proptest::bool::ANY,
+        ) {
+            use crate::h1_upstream::parse_for_test;
+            let mut upstream = format!("HTTP/1.{} {status} X\r\n", u8::from(upstream_11));
+            for (name, value, end) in &fields {
+                upstream.push_str(&format!("{name}: {value}{end}"));
+            }
+            upstream.push_str("\r\n");
+            let map = parse_for_test(upstream.as_bytes(), head_request, ResponseHeads::Map);
+            let raw = parse_for_test(upstream.as_bytes(), head_request, ResponseHeads::Raw);
+            let (map, raw) = match (map, raw) {
+                (Ok(Some(map)), Ok(Some(raw))) => (map, raw),
+                (Err(_), Err(_)) => return Ok(()),
+                (map, raw) => panic!("differ: {:?} / {:?}", map.map(|m| m.is_some()), raw.map(|r| r.is_some())),
+            };
+            proptest::prop_assert_eq!(map.status, raw.status);
+            proptest::prop_assert_eq!(map.exact, raw.exact);
+            proptest::prop_assert_eq!(map.keep_alive, raw.keep_alive);
+            // What `http::forward` does to a header map before the client
+            // side sees it (the raw form's is one where the head needs it).
+            let mut map_headers = map.headers;
+            crate::headers::strip_hop_by_hop(&mut map_headers, false);
+            let mut raw_headers = raw.headers;
+            crate::headers::strip_hop_by_hop(&mut raw_headers, false);
+            let version = if client_11 { Version::HTTP_11 } else { Version::HTTP_10 };
+            let heads = [(&map_headers, None), (&raw_headers, raw.raw.as_ref())].map(|(headers, raw_head)| {
+                let g = Given { version, status: map.status, headers, raw: raw_head };
+                let framed = Framed::of(&g, map.exact, head_request, client_keep_alive);
+                let head = encode_head(&g, &framed);
+                (framed.framing, framed.keep_alive, fields_of(&head))
+            });
+            proptest::prop_assert_eq!(&heads[0], &heads[1]);
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //! connection is only reused when the exchange ended exactly where its
 //! framing said.
 
+use crate::raw_head::{RawHead, ResponseHeads};
 use crate::upstream::{ProxyBody, UpstreamError, CONNECT_TIMED_OUT};
 use crate::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
@@ -161,13 +162,15 @@ impl Pool {
         }
     }
 
-    /// Send `req` and read the response head; `connect` bounds a new
-    /// connection's TCP connect. A pooled connection the target closed
-    /// while idle is replaced once, for requests without a body.
+    /// Send `req` and read the response head, taken as `heads` says;
+    /// `connect` bounds a new connection's TCP connect. A pooled connection
+    /// the target closed while idle is replaced once, for requests without
+    /// a body.
     pub async fn send(
         self: &Arc<Self>,
         req: http::Request<ProxyBody>,
         connect: Duration,
+        heads: ResponseHeads,
     ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let (parts, body) = req.into_parts();
         let framing = RequestFraming::of(&parts.method, &body);
@@ -175,6 +178,7 @@ impl Pool {
         let ask = Ask {
             head_request: parts.method == Method::HEAD,
             upgrade: parts.headers.contains_key(UPGRADE),
+            heads,
         };
         let mut body = (framing != RequestFraming::None).then_some(body);
         let mut fresh_only = false;
@@ -233,6 +237,9 @@ impl Pool {
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
+        if let Some(raw) = head.raw {
+            resp.extensions_mut().insert(raw);
+        }
         if let Some(slot) = upgraded {
             resp.extensions_mut().insert(slot);
         }
@@ -294,27 +301,27 @@ fn encode_head(parts: &http::request::Parts, framing: RequestFraming, address: &
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(HOST) {
         let host = parts.uri.authority().map_or(address, |a| a.as_str());
-        push_header(&mut out, HOST.as_str(), host.as_bytes());
+        push_header(&mut out, HOST.as_str().as_bytes(), host.as_bytes());
     }
     for (name, value) in &parts.headers {
         if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
-            push_header(&mut out, name.as_str(), value.as_bytes());
+            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            push_header(&mut out, "content-length", n.to_string().as_bytes());
+            push_header(&mut out, b"content-length", n.to_string().as_bytes());
         }
-        RequestFraming::Chunked => push_header(&mut out, "transfer-encoding", b"chunked"),
+        RequestFraming::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
     out
 }
 
 /// One `name: value` line of an HTTP/1.x head.
-pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -324,6 +331,7 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 struct Ask {
     head_request: bool,
     upgrade: bool,
+    heads: ResponseHeads,
 }
 
 /// Why an exchange failed.
@@ -442,7 +450,9 @@ async fn send_body<W: tokio::io::AsyncWrite + Unpin>(
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Empty when the head is `raw`.
     headers: HeaderMap,
+    raw: Option<RawHead>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -519,21 +529,37 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
             .iter()
             .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
             .collect();
-        let raw = buf.split_to(len).freeze();
-        // Room for the policy's and the client side's own headers (`Date`).
-        let headers = crate::h1_server::header_map(&raw, &fields, 2)
-            .ok_or_else(|| "invalid header name or value".to_string())?;
+        let bytes = buf.split_to(len).freeze();
         if status == StatusCode::SWITCHING_PROTOCOLS && !ask.upgrade {
             return Err("101 to a request that did not ask to upgrade".into());
         }
-        let framing = Framing::of(status, ask.head_request, &headers)?;
-        let keep_alive = version == Version::HTTP_11
-            && framing != Framing::UntilClose
-            && !crate::headers::has_token(&headers, CONNECTION, "close");
+        let raw = match ask.heads {
+            ResponseHeads::Raw if status != StatusCode::SWITCHING_PROTOCOLS => {
+                RawHead::scan(&bytes, &fields)
+            }
+            _ => None,
+        };
+        let (headers, framing, close) = match &raw {
+            Some(raw) => (
+                HeaderMap::new(),
+                Framing::sized(status, ask.head_request, raw.content_length()),
+                raw.close(),
+            ),
+            None => {
+                // Room for the policy's and the client side's own headers (`Date`).
+                let headers = crate::h1_server::header_map(&bytes, &fields, 2)
+                    .ok_or_else(|| "invalid header name or value".to_string())?;
+                let framing = Framing::of(status, ask.head_request, &headers)?;
+                let close = crate::headers::has_token(&headers, CONNECTION, "close");
+                (headers, framing, close)
+            }
+        };
+        let keep_alive = version == Version::HTTP_11 && framing != Framing::UntilClose && !close;
         return Ok(Some(Head {
             status,
             version,
             headers,
+            raw,
             framing,
             keep_alive,
         }));
@@ -587,11 +613,21 @@ impl Framing {
             Some(Ok(n)) => Some(n),
             None => None,
         };
-        Ok(match length {
+        Ok(Framing::sized(status, head_request, length))
+    }
+
+    /// The framing of a response without `Transfer-Encoding` that states
+    /// `length` (or none).
+    fn sized(status: StatusCode, head_request: bool, length: Option<u64>) -> Framing {
+        let code = status.as_u16();
+        if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
+            return Framing::Empty;
+        }
+        match length {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::UntilClose,
-        })
+        }
     }
 }
 
@@ -751,4 +787,41 @@ impl Body for ResponseBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// A response head as [`parse_head`] takes it, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) struct ParsedHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub raw: Option<RawHead>,
+    /// The body's length, when its framing tells it (as `ResponseBody::size_hint`).
+    pub exact: Option<u64>,
+    pub keep_alive: bool,
+}
+
+/// Parse `bytes` as the head of the answer to a GET (or a HEAD).
+#[cfg(test)]
+pub(crate) fn parse_for_test(
+    bytes: &[u8],
+    head_request: bool,
+    heads: ResponseHeads,
+) -> Result<Option<ParsedHead>, String> {
+    let ask = Ask {
+        head_request,
+        upgrade: false,
+        heads,
+    };
+    let head = parse_head(&mut BytesMut::from(bytes), ask)?;
+    Ok(head.map(|head| ParsedHead {
+        status: head.status,
+        headers: head.headers,
+        raw: head.raw,
+        exact: match head.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        },
+        keep_alive: head.keep_alive,
+    }))
 }

@@ -57,25 +57,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
-    // Names listed in `Connection` go too, but never the proxy's own
-    // headers; `close` and the hop-by-hop names are handled already.
     let mut named: smallvec::SmallVec<[HeaderName; 4]> = smallvec::SmallVec::new();
     for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            let handled = token.eq_ignore_ascii_case(b"close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
-            if handled {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                if !PROXY_SET.contains(&name) {
-                    named.push(name);
-                }
-            }
-        }
+        named.extend(named_by_connection(value.as_bytes()));
     }
     let upgrade = if keep_upgrade {
         headers.get(UPGRADE).cloned()
@@ -133,8 +117,46 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        .any(|v| lists_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// Does one comma-separated value list `token` (ASCII case-insensitively)?
+pub(crate) fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// [`HOP_BY_HOP`] as bytes (`HeaderName::as_str` is a lookup of its own).
+const HOP_BY_HOP_BYTES: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Is `name` a hop-by-hop field (ASCII case-insensitively)?
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP_BYTES
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The fields a `Connection` value names for removal beyond the hop-by-hop
+/// ones (RFC 9110 §7.6.1); never the proxy's own headers, and `close` is
+/// an option, not a name.
+pub(crate) fn named_by_connection(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(token))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .filter(|name| !PROXY_SET.contains(name))
 }
 
 /// The `Content-Length` a message declares (RFC 9110 §8.6): `None` without
@@ -159,7 +181,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<Result<u64, &'static str>> 
 
 /// A non-empty run of ASCII digits as a number (`None` on anything else,
 /// or when it does not fit).
-fn decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
@@ -322,6 +344,14 @@ mod tests {
 
     fn client() -> ClientAddr {
         ClientAddr::of("203.0.113.9:5555".parse().expect("addr"))
+    }
+
+    #[test]
+    fn the_hop_by_hop_lists_agree() {
+        let names: Vec<&[u8]> = HOP_BY_HOP.iter().map(|h| h.as_str().as_bytes()).collect();
+        assert_eq!(names, HOP_BY_HOP_BYTES);
+        assert!(is_hop_by_hop(b"Keep-Alive") && is_hop_by_hop(b"TE"));
+        assert!(!is_hop_by_hop(b"tee") && !is_hop_by_hop(b"x-connection"));
     }
 
     fn hop(client: &ClientAddr, trusted: bool) -> Hop<'_> {

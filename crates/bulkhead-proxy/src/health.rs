@@ -3,6 +3,7 @@
 //! TCP connect when there is no path). `unhealthy` consecutive failures take
 //! it out of rotation, `healthy` consecutive successes bring it back.
 
+use crate::raw_head::ResponseHeads;
 use crate::upstream::{GroupRuntime, ProxyBody};
 use bulkhead_config::HealthCheck;
 use http_body_util::BodyExt;
@@ -58,7 +59,13 @@ async fn probe(group: &GroupRuntime, index: usize, check: &HealthCheck) -> bool 
                     return false;
                 };
                 match group
-                    .send(index, req, check.timeout, group.timeouts.connect)
+                    .send(
+                        index,
+                        req,
+                        check.timeout,
+                        group.timeouts.connect,
+                        ResponseHeads::Map,
+                    )
                     .await
                 {
                     Ok(resp) => {

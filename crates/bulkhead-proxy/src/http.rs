@@ -5,6 +5,7 @@
 use crate::access_log::{LogLine, Name, Names};
 use crate::body::{Counted, LogGuard, Logged, RequestBody, Tally};
 use crate::headers::{self, Hop};
+use crate::raw_head::ResponseHeads;
 use crate::timers::{Busy, ConnTimers};
 use crate::upstream::{elapsed_ms, HashKey, ProxyBody, UpstreamError};
 use crate::{BoxError, Generation, Shared};
@@ -120,10 +121,12 @@ fn strict_framing(
     None
 }
 
-/// Serve one request.
+/// Serve one request. `heads`: how the caller takes an HTTP/1.1 target's
+/// response head (`Raw` only where it writes a [`crate::raw_head::RawHead`]).
 pub async fn handle(
     req: http::Request<RequestBody>,
     conn: Arc<Conn>,
+    heads: ResponseHeads,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     // Until this is dropped (local answers: on return; forwards: when the
@@ -254,7 +257,7 @@ pub async fn handle(
         decision = decide(c);
     }
     fill_line(&mut line, &generation.names, snap, &decision);
-    let plan = Plan::of(&decision, &line);
+    let plan = Plan::of(&decision, &line, heads);
     let (answer, kind) = (decision.answer, decision.kind);
     match answer {
         Answer::Forward => {
@@ -384,10 +387,12 @@ struct Plan {
     path: Option<Name>,
     query: Option<Name>,
     identity: Option<String>,
+    /// How the client's side takes the target's response head.
+    heads: ResponseHeads,
 }
 
 impl Plan {
-    fn of(d: &Decision<'_>, line: &LogLine) -> Plan {
+    fn of(d: &Decision<'_>, line: &LogLine, heads: ResponseHeads) -> Plan {
         Plan {
             listener: d.listener,
             tenant: d.tenant,
@@ -397,6 +402,7 @@ impl Plan {
             path: line.path.clone(),
             query: line.query.clone(),
             identity: d.identity.as_deref().map(str::to_string),
+            heads,
         }
     }
 }
@@ -647,6 +653,15 @@ async fn forward(
         }
         crate::cache::Lookup::Go(fill) => fill,
     };
+    // The response's fields may stay bytes when nothing here reads or edits them.
+    let edits_response = policy
+        .headers()
+        .is_some_and(|e| !e.response_remove.is_empty() || !e.response_set.is_empty());
+    let heads = if edits_response || cache_fill.is_some() {
+        ResponseHeads::Map
+    } else {
+        d.heads
+    };
     // Retries: only idempotent requests without a body (nothing to replay),
     // within the group's retry budget so retries cannot amplify an outage.
     let retries = policy
@@ -691,7 +706,13 @@ async fn forward(
         let sent = match timeouts.request {
             Some(total) => match tokio::time::timeout(
                 total,
-                group.send(target, upstream_req, timeouts.first_byte, timeouts.connect),
+                group.send(
+                    target,
+                    upstream_req,
+                    timeouts.first_byte,
+                    timeouts.connect,
+                    heads,
+                ),
             )
             .await
             {
@@ -700,7 +721,13 @@ async fn forward(
             },
             None => {
                 group
-                    .send(target, upstream_req, timeouts.first_byte, timeouts.connect)
+                    .send(
+                        target,
+                        upstream_req,
+                        timeouts.first_byte,
+                        timeouts.connect,
+                        heads,
+                    )
                     .await
             }
         };

@@ -31,6 +31,7 @@ mod histogram;
 mod http;
 pub mod metrics;
 pub mod policy;
+pub mod raw_head;
 pub mod server;
 mod stream;
 mod timers;

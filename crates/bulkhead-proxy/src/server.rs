@@ -8,6 +8,7 @@ use crate::access_log::{LogLine, TlsInfo};
 use crate::body::RequestBody;
 use crate::h1_server::{self, Rewind, Served};
 use crate::http::{handle, Conn, TlsFacts};
+use crate::raw_head::ResponseHeads;
 use crate::timers::{ConnTimers, TimedIo, Verdict};
 use crate::{stream, Shared};
 use bulkhead_config::{Listener, ListenerLimits, Protocol};
@@ -345,7 +346,11 @@ async fn serve_hyper<I>(
         // a pointer (-2.9k instructions per h2 request).
         Box::into_pin(Box::write(
             Box::new_uninit(),
-            handle(req.map(RequestBody::Hyper), conn.clone()),
+            handle(
+                req.map(RequestBody::Hyper),
+                conn.clone(),
+                ResponseHeads::Map,
+            ),
         ))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

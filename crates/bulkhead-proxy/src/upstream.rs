@@ -4,6 +4,7 @@
 //! one request upstream with its timeouts.
 
 use crate::balance::{hash_bytes, Balancer, TargetState};
+use crate::raw_head::ResponseHeads;
 use crate::BoxError;
 use bulkhead_config::{HashOn, TargetGroup, Timeouts, UpstreamProtocol};
 use bulkhead_core::{GroupId, Snapshot};
@@ -378,16 +379,20 @@ impl GroupRuntime {
 
     /// Send `req` to the leased target; times out at `first_byte` for the
     /// response headers. `connect` bounds a new connection's TCP connect.
+    /// `heads`: how an HTTP/1.1 target's response head is taken (an HTTP/2
+    /// target's is always a header map).
     pub async fn send(
         &self,
         target: usize,
         req: http::Request<ProxyBody>,
         first_byte: Duration,
         connect: Duration,
+        heads: ResponseHeads,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let pool = match &self.pools[target] {
             TargetPool::H1(pool) => {
-                return match tokio::time::timeout(first_byte, pool.send(req, connect)).await {
+                return match tokio::time::timeout(first_byte, pool.send(req, connect, heads)).await
+                {
                     Err(_) => Err(UpstreamError::Timeout(
                         "no response before the first-byte timeout",
                     )),

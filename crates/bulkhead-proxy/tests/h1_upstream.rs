@@ -6,6 +6,7 @@
 //! the wire is under the test's control. Every test is bounded by a timeout.
 
 use bulkhead_proxy::h1_upstream::{Pool, ResponseBody, UpgradeSlot};
+use bulkhead_proxy::raw_head::ResponseHeads;
 use bulkhead_proxy::upstream::{ProxyBody, UpstreamError};
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -422,7 +423,7 @@ fn get(uri: &str) -> http::Request<ProxyBody> {
 }
 
 async fn send(pool: &Arc<Pool>, req: http::Request<ProxyBody>) -> Sent {
-    tokio::time::timeout(SEND_LIMIT, pool.send(req, CONNECT))
+    tokio::time::timeout(SEND_LIMIT, pool.send(req, CONNECT, ResponseHeads::Map))
         .await
         .expect("Pool::send did not finish in time")
 }

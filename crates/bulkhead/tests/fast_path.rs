@@ -11,6 +11,8 @@
 //!   in the middle of a connection (alone or pipelined);
 //! - HTTP/1.0 with and without keep-alive, `Connection: close`, HEAD;
 //! - chunked and close-delimited backend responses re-framed for the client;
+//! - a target's hop-by-hop response fields dropped on the fast path (which
+//!   forwards a plain head as bytes) exactly as on hyper's;
 //! - request smuggling shapes that must never be taken for bodiless requests;
 //! - `max_header_bytes`, more headers than the fast path takes, malformed
 //!   heads, absolute-form targets (compared with hyper's path);
@@ -333,6 +335,23 @@ async fn raw_conn(mut s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
             let out = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{echo}",
                 echo.len()
+            );
+            if s.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some(shape) = path.strip_prefix("/raw/fields/") {
+            // A length-framed answer carrying hop-by-hop fields.
+            let connection = match shape {
+                "named" => "Connection: x-secret, close\r\nX-Secret: 1\r\n",
+                _ => "Connection: Keep-Alive\r\n",
+            };
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nServer: raw\r\n{connection}Keep-Alive: timeout=5\r\n\
+                 Proxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: X-T\r\nTE: trailers\r\n\
+                 Proxy-Connection: keep-alive\r\nX-Kept: a\r\nx-kept: b\r\nSet-Cookie: s=1\r\n\
+                 Content-Length: 2\r\n\r\nok"
             );
             if s.write_all(out.as_bytes()).await.is_err() {
                 return;
@@ -1595,6 +1614,67 @@ async fn absolute_form_targets_route_the_same_on_the_fast_path_as_on_hyper() {
             assert_eq!(f.3, authority, "{target} Host {host}: Host sent upstream");
         }
     }
+    fx.stop().await;
+}
+
+/// A response's fields as the client got them, sorted by name (the values
+/// of one name in their order), without `Date`.
+fn response_fields(r: &SecResponse) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "date")
+        .cloned()
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_reach_the_client_the_same_on_the_fast_path_as_on_hyper() {
+    // The fast path forwards a plain response head as bytes (raw_head.rs);
+    // one whose `Connection` names a field takes the header map. Both must
+    // drop every hop-by-hop field and keep the rest, as hyper's path does.
+    let fx = start("", Duration::ZERO).await;
+    for shape in ["plain", "named"] {
+        let path = format!("/raw/fields/{shape}");
+        let req = get(&path) + &get_close(&path);
+        let fast = sec_raw(fx.addr, req.as_bytes()).await;
+        let mut via_hyper = HYPER_PREFIX.to_vec();
+        via_hyper.extend_from_slice(req.as_bytes());
+        let slow = sec_raw(fx.addr, &via_hyper).await;
+        assert_eq!(fast.responses.len(), 2, "{shape}: {}", lossy(&fast.raw));
+        assert_eq!(slow.responses.len(), 3, "{shape}: {}", lossy(&slow.raw));
+        let want: Vec<(String, String)> = [
+            ("content-length", "2"),
+            ("server", "raw"),
+            ("set-cookie", "s=1"),
+            ("x-kept", "a"),
+            ("x-kept", "b"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (i, r) in fast
+            .responses
+            .iter()
+            .chain(&slow.responses[1..])
+            .enumerate()
+        {
+            assert_eq!(r.status, 200, "{shape} #{i}: {r:?}");
+            assert_eq!(r.body, "ok", "{shape} #{i}");
+            assert!(r.header("date").is_some(), "{shape} #{i}: {r:?}");
+            // The first of each pair keeps the connection: nothing but the
+            // client's own `close` may close it.
+            let mut got = response_fields(r);
+            if i % 2 == 1 {
+                assert_eq!(r.header("connection"), Some("close"), "{shape} #{i}");
+                got.retain(|(k, _)| k != "connection");
+            }
+            assert_eq!(got, want, "{shape} #{i}");
+        }
+    }
+    assert_eq!(fx.raw.requests().len(), 8);
     fx.stop().await;
 }
 
