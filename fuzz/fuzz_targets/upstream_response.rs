@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
             .body(ProxyBody::default())
             .expect("request");
         let exchange = async {
-            let Ok(resp) = pool.send(req, Duration::from_secs(1), heads).await else {
+            let Ok(resp) = pool.send(req, b"", Duration::from_secs(1), heads).await else {
                 return;
             };
             let collected = resp.into_body().collect().await;

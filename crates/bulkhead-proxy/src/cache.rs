@@ -1275,6 +1275,7 @@ async fn refresh_once(
         group.send(
             target,
             req,
+            b"",
             timeouts.first_byte,
             timeouts.connect,
             ResponseHeads::Map,

@@ -162,19 +162,21 @@ impl Pool {
         }
     }
 
-    /// Send `req` and read the response head, taken as `heads` says;
-    /// `connect` bounds a new connection's TCP connect. A pooled connection
-    /// the target closed while idle is replaced once, for requests without
-    /// a body.
+    /// Send `req`, with `forwarding` (header lines, see
+    /// `headers::untrusted_forwarding_lines`) after its fields, and read the
+    /// response head, taken as `heads` says; `connect` bounds a new
+    /// connection's TCP connect. A pooled connection the target closed while
+    /// idle is replaced once, for requests without a body.
     pub async fn send(
         self: &Arc<Self>,
         req: http::Request<ProxyBody>,
+        forwarding: &[u8],
         connect: Duration,
         heads: ResponseHeads,
     ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let (parts, body) = req.into_parts();
         let framing = RequestFraming::of(&parts.method, &body);
-        let head = encode_head(&parts, framing, &self.address);
+        let head = encode_head(&parts, forwarding, framing, &self.address);
         let ask = Ask {
             head_request: parts.method == Method::HEAD,
             upgrade: parts.headers.contains_key(UPGRADE),
@@ -289,12 +291,17 @@ impl RequestFraming {
     }
 }
 
-/// The request line and headers. The framing headers are the proxy's own:
-/// whatever `Content-Length`/`Transfer-Encoding` the request carried is
-/// replaced by what the body actually is.
-fn encode_head(parts: &http::request::Parts, framing: RequestFraming, address: &str) -> Vec<u8> {
+/// The request line and headers, then the `forwarding` lines. The framing
+/// headers are the proxy's own: whatever `Content-Length`/`Transfer-Encoding`
+/// the request carried is replaced by what the body actually is.
+fn encode_head(
+    parts: &http::request::Parts,
+    forwarding: &[u8],
+    framing: RequestFraming,
+    address: &str,
+) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(128 + parts.headers.len() * 48);
+    let mut out = Vec::with_capacity(128 + parts.headers.len() * 48 + forwarding.len());
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -308,6 +315,7 @@ fn encode_head(parts: &http::request::Parts, framing: RequestFraming, address: &
             push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    out.extend_from_slice(forwarding);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {

@@ -62,6 +62,7 @@ async fn probe(group: &GroupRuntime, index: usize, check: &HealthCheck) -> bool 
                     .send(
                         index,
                         req,
+                        b"",
                         check.timeout,
                         group.timeouts.connect,
                         ResponseHeads::Map,

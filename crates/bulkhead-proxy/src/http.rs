@@ -575,21 +575,32 @@ async fn forward(
             headers::set(&mut parts.headers, name, id);
         }
     }
-    headers::set_forwarding(
-        &mut parts.headers,
-        &Hop {
-            client: &conn.client,
-            proto: if conn.tls.is_some() { "https" } else { "http" },
-            host: &host_value,
-            request_id: &request_id,
-            trusted: zone.trusted,
-        },
-    );
+    let hop = Hop {
+        client: &conn.client,
+        proto: if conn.tls.is_some() { "https" } else { "http" },
+        host: &host_value,
+        request_id: &request_id,
+        trusted: zone.trusted,
+    };
+    let group_config = snap.group_config(gid);
+    let h2 = group_config.protocol == bulkhead_config::UpstreamProtocol::H2;
+    // An untrusted hop's forwarding headers go into an HTTP/1.1 head as
+    // lines, unless something reads the map after this (the cache, a hash
+    // on a header).
+    let as_lines = !h2
+        && !zone.trusted
+        && policy.cache().is_none()
+        && !matches!(group_config.hash_on, bulkhead_config::HashOn::Header(_));
+    let forwarding = if as_lines {
+        headers::untrusted_forwarding_lines(&mut parts.headers, &hop)
+    } else {
+        headers::set_forwarding(&mut parts.headers, &hop);
+        Vec::new()
+    };
     let path = d.path.as_deref().unwrap_or("/");
     // HTTP/2 needs `:authority` to match Host, so h2 groups send the client's
     // Host in an absolute URI; HTTP/1.1 sends Host as a header and the
     // origin-form target only.
-    let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
     let mut uri =
         String::with_capacity(path.len() + d.query.as_ref().map_or(0, |q| q.len() + 1) + 8);
     if h2 {
@@ -709,6 +720,7 @@ async fn forward(
                 group.send(
                     target,
                     upstream_req,
+                    &forwarding,
                     timeouts.first_byte,
                     timeouts.connect,
                     heads,
@@ -724,6 +736,7 @@ async fn forward(
                     .send(
                         target,
                         upstream_req,
+                        &forwarding,
                         timeouts.first_byte,
                         timeouts.connect,
                         heads,

@@ -377,21 +377,28 @@ impl GroupRuntime {
         }
     }
 
-    /// Send `req` to the leased target; times out at `first_byte` for the
-    /// response headers. `connect` bounds a new connection's TCP connect.
-    /// `heads`: how an HTTP/1.1 target's response head is taken (an HTTP/2
-    /// target's is always a header map).
+    /// Send `req` to the leased target, with `forwarding` header lines
+    /// (`headers::untrusted_forwarding_lines`; empty when they are in its
+    /// map); times out at `first_byte` for the response headers. `connect`
+    /// bounds a new connection's TCP connect. `heads`: how an HTTP/1.1
+    /// target's response head is taken (an HTTP/2 target's is always a
+    /// header map).
     pub async fn send(
         &self,
         target: usize,
         req: http::Request<ProxyBody>,
+        forwarding: &[u8],
         first_byte: Duration,
         connect: Duration,
         heads: ResponseHeads,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let pool = match &self.pools[target] {
             TargetPool::H1(pool) => {
-                return match tokio::time::timeout(first_byte, pool.send(req, connect, heads)).await
+                return match tokio::time::timeout(
+                    first_byte,
+                    pool.send(req, forwarding, connect, heads),
+                )
+                .await
                 {
                     Err(_) => Err(UpstreamError::Timeout(
                         "no response before the first-byte timeout",
@@ -401,6 +408,9 @@ impl GroupRuntime {
             }
             TargetPool::H2(client) => client,
         };
+        let mut req = req;
+        // The lines are for an HTTP/1.1 head; an HTTP/2 target gets them as fields.
+        crate::headers::append_lines(req.headers_mut(), forwarding);
         match tokio::time::timeout(first_byte, pool.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(
                 "no response before the first-byte timeout",

@@ -423,7 +423,7 @@ fn get(uri: &str) -> http::Request<ProxyBody> {
 }
 
 async fn send(pool: &Arc<Pool>, req: http::Request<ProxyBody>) -> Sent {
-    tokio::time::timeout(SEND_LIMIT, pool.send(req, CONNECT, ResponseHeads::Map))
+    tokio::time::timeout(SEND_LIMIT, pool.send(req, b"", CONNECT, ResponseHeads::Map))
         .await
         .expect("Pool::send did not finish in time")
 }
