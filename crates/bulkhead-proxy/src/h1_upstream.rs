@@ -532,11 +532,14 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
         // Where each name and value sits in the head, to slice it without copying.
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let fields: crate::h1_server::Fields = parsed
-            .headers
-            .iter()
-            .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
-            .collect();
+        // Filled in place: collected, the inline array would be built and then copied.
+        let mut fields = crate::h1_server::Fields::new();
+        fields.extend(
+            parsed
+                .headers
+                .iter()
+                .map(|h| (offset(h.name.as_bytes()), offset(h.value))),
+        );
         let bytes = buf.split_to(len).freeze();
         if status == StatusCode::SWITCHING_PROTOCOLS && !ask.upgrade {
             return Err("101 to a request that did not ask to upgrade".into());
