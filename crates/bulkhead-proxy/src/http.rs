@@ -582,15 +582,11 @@ async fn forward(
         request_id: &request_id,
         trusted: zone.trusted,
     };
-    let group_config = snap.group_config(gid);
-    let h2 = group_config.protocol == bulkhead_config::UpstreamProtocol::H2;
+    let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
     // An untrusted hop's forwarding headers go into an HTTP/1.1 head as
     // lines, unless something reads the map after this (the cache, a hash
     // on a header).
-    let as_lines = !h2
-        && !zone.trusted
-        && policy.cache().is_none()
-        && !matches!(group_config.hash_on, bulkhead_config::HashOn::Header(_));
+    let as_lines = !h2 && !zone.trusted && policy.cache().is_none() && !group.hashes_on_header();
     let forwarding = if as_lines {
         headers::untrusted_forwarding_lines(&mut parts.headers, &hop)
     } else {

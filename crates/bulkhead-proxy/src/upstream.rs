@@ -377,6 +377,12 @@ impl GroupRuntime {
         }
     }
 
+    /// Whether the consistent-hash key is a request header (read from the
+    /// request's header map).
+    pub fn hashes_on_header(&self) -> bool {
+        matches!(self.hash_on, HashOn::Header(_))
+    }
+
     /// Send `req` to the leased target, with `forwarding` header lines
     /// (`headers::untrusted_forwarding_lines`; empty when they are in its
     /// map); times out at `first_byte` for the response headers. `connect`
