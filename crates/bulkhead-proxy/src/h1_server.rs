@@ -574,7 +574,7 @@ fn http_date() -> HeaderValue {
 
 /// The status line and headers.
 fn encode_head(given: &Given<'_>, framed: &Framed) -> Vec<u8> {
-    use crate::h1_upstream::push_header;
+    use crate::h1_upstream::{push_header, push_line};
     let size = given
         .headers
         .iter()
@@ -600,16 +600,16 @@ fn encode_head(given: &Given<'_>, framed: &Framed) -> Vec<u8> {
         raw.write(&mut head);
     }
     if let Some(n) = framed.length {
-        push_header(&mut head, b"content-length", n.to_string().as_bytes());
+        push_line(&mut head, b"content-length: ", n.to_string().as_bytes());
     }
     if framed.chunked {
-        push_header(&mut head, b"transfer-encoding", b"chunked");
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if let Some(date) = &framed.date {
-        push_header(&mut head, b"date", date.as_bytes());
+        push_line(&mut head, b"date: ", date.as_bytes());
     }
     if let Some(connection) = framed.connection {
-        push_header(&mut head, b"connection", connection);
+        push_line(&mut head, b"connection: ", connection);
     }
     head.extend_from_slice(b"\r\n");
     head

@@ -327,6 +327,15 @@ fn encode_head(
     out
 }
 
+/// One line of an HTTP/1.x head whose name is known in advance: `prefix`
+/// is the name and `": "` (copied as one constant-size move, not a call).
+#[inline(always)]
+pub(crate) fn push_line<const N: usize>(out: &mut Vec<u8>, prefix: &[u8; N], value: &[u8]) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// One `name: value` line of an HTTP/1.x head.
 pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

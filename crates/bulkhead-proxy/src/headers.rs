@@ -283,7 +283,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
 /// and one is left out where it leaves the header out (a value that
 /// cannot be written).
 pub fn untrusted_forwarding_lines(headers: &mut HeaderMap, hop: &Hop<'_>) -> Vec<u8> {
-    use crate::h1_upstream::push_header;
+    use crate::h1_upstream::push_line;
     debug_assert!(!hop.trusted, "a trusted hop keeps the client's headers");
     // One pass finds the forwarding headers present (usually none): only
     // those are looked up to be removed.
@@ -308,17 +308,17 @@ pub fn untrusted_forwarding_lines(headers: &mut HeaderMap, hop: &Hop<'_>) -> Vec
     );
     let ip = hop.client.ip_value.as_ref().map(HeaderValue::as_bytes);
     if let Some(ip) = ip {
-        push_header(&mut out, b"x-forwarded-for", ip);
+        push_line(&mut out, b"x-forwarded-for: ", ip);
     }
-    push_header(&mut out, b"x-forwarded-proto", hop.proto.as_bytes());
+    push_line(&mut out, b"x-forwarded-proto: ", hop.proto.as_bytes());
     // The rest of `Forwarded` is an address and a scheme: whether it can
     // be written is whether the host can.
     let host_writable = writable(host);
     if host_unchanged || host_writable {
-        push_header(&mut out, b"x-forwarded-host", host);
+        push_line(&mut out, b"x-forwarded-host: ", host);
     }
     if let Some(ip) = ip {
-        push_header(&mut out, b"x-real-ip", ip);
+        push_line(&mut out, b"x-real-ip: ", ip);
     }
     if host_writable {
         out.extend_from_slice(b"forwarded: for=");
@@ -334,7 +334,7 @@ pub fn untrusted_forwarding_lines(headers: &mut HeaderMap, hop: &Hop<'_>) -> Vec
         out.extend_from_slice(b"\"\r\n");
     }
     if writable(hop.request_id.as_bytes()) {
-        push_header(&mut out, b"x-request-id", hop.request_id.as_bytes());
+        push_line(&mut out, b"x-request-id: ", hop.request_id.as_bytes());
     }
     if !host_unchanged {
         put(headers, HOST, value(hop.host));

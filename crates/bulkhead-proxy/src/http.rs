@@ -710,35 +710,19 @@ async fn forward(
         let upstream_req = http::Request::from_parts(head, this_body);
         let upstream_started = Instant::now();
         let target = lease.target;
+        let exchange = group.send(
+            target,
+            upstream_req,
+            &forwarding,
+            timeouts.first_byte,
+            timeouts.connect,
+            heads,
+        );
         let sent = match timeouts.request {
-            Some(total) => match tokio::time::timeout(
-                total,
-                group.send(
-                    target,
-                    upstream_req,
-                    &forwarding,
-                    timeouts.first_byte,
-                    timeouts.connect,
-                    heads,
-                ),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout("request timeout")),
-            },
-            None => {
-                group
-                    .send(
-                        target,
-                        upstream_req,
-                        &forwarding,
-                        timeouts.first_byte,
-                        timeouts.connect,
-                        heads,
-                    )
-                    .await
-            }
+            Some(total) => tokio::time::timeout(total, exchange)
+                .await
+                .unwrap_or_else(|_| Err(UpstreamError::Timeout("request timeout"))),
+            None => exchange.await,
         };
         let failed = match &sent {
             Ok(resp) => resp.status().as_u16() >= 500,
