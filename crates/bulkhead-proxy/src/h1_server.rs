@@ -212,9 +212,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     };
     let mut fields = Fields::new();
     let mut empty_length = false;
+    // What `Connection` says, read here rather than from the header map.
+    let (mut close, mut keep) = (false, false);
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= crate::headers::lists_token(h.value, b"close");
+            keep |= crate::headers::lists_token(h.value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             // `Content-Length: 0` once is a request without a body; anything else is hyper's.
             if empty_length || h.value != b"0" {
                 return Parsed::NotOurs;
@@ -238,8 +243,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::NotOurs;
     };
     let keep_alive = match version {
-        Version::HTTP_10 => crate::headers::has_token(&map, CONNECTION, "keep-alive"),
-        _ => !crate::headers::has_token(&map, CONNECTION, "close"),
+        Version::HTTP_10 => keep,
+        _ => !close,
     };
     let mut req = http::Request::new(RequestBody::Empty);
     *req.method_mut() = method;
