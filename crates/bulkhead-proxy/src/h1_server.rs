@@ -212,13 +212,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     };
     let mut fields = Fields::new();
     let mut empty_length = false;
-    // What `Connection` says, read here rather than from the header map.
+    // What `Connection` says, read here rather than from the header map;
+    // as hyper reads it, a value that is not visible ASCII says nothing.
     let (mut close, mut keep) = (false, false);
     for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
-            close |= crate::headers::lists_token(h.value, b"close");
-            keep |= crate::headers::lists_token(h.value, b"keep-alive");
+            let visible = h
+                .value
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+            close |= visible && crate::headers::lists_token(h.value, b"close");
+            keep |= visible && crate::headers::lists_token(h.value, b"keep-alive");
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // `Content-Length: 0` once is a request without a body; anything else is hyper's.
             if empty_length || h.value != b"0" {
@@ -740,6 +745,12 @@ mod tests {
         assert!(matches!(p, Parsed::Request(_, false)));
         let (p, _) = parsed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(matches!(p, Parsed::Request(_, true)));
+        // As hyper: a value with obs-text is not read for tokens (the fuzz
+        // target `client_head` holds the fast path to hyper's reading).
+        let (p, _) = parsed(b"GET / HTTP/1.1\r\nConnection: x\xff, close\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, true)));
+        let (p, _) = parsed(b"GET / HTTP/1.0\r\nConnection: keep-alive, \xff\r\n\r\n");
+        assert!(matches!(p, Parsed::Request(_, false)));
     }
 
     #[test]
