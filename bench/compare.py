@@ -269,9 +269,10 @@ end
 """)
 
 
-def load(kind, scenario, port, https_port):
+def load(kind, scenario, port, https_port, duration=None):
+    duration = duration or DURATION
     base = ["taskset", "-c", LOAD_CPU]
-    wrk = base + ["wrk", "-t1", f"-d{DURATION}s", "--latency", "--timeout", "5s"]
+    wrk = base + ["wrk", "-t1", f"-d{duration}s", "--latency", "--timeout", "5s"]
     if scenario == "h1_keepalive":
         cmd, parse = wrk + ["-c64", f"http://127.0.0.1:{port}/"], parse_wrk
     elif scenario == "h1_1000_conns":
@@ -279,7 +280,7 @@ def load(kind, scenario, port, https_port):
     elif scenario == "tls_termination":
         cmd, parse = wrk + ["-c64", f"https://127.0.0.1:{https_port}/"], parse_wrk
     elif scenario == "h2_tls":
-        cmd = base + ["h2load", "-c64", "-m10", f"-D{DURATION}", f"https://127.0.0.1:{https_port}/"]
+        cmd = base + ["h2load", "-c64", "-m10", f"-D{duration}", f"https://127.0.0.1:{https_port}/"]
         parse = parse_h2load
     elif scenario == "body_1mib":
         cmd, parse = wrk + ["-c16", f"http://127.0.0.1:{port}/1m"], parse_wrk
@@ -289,7 +290,7 @@ def load(kind, scenario, port, https_port):
         cmd, parse = wrk + ["-c64", "-s", script, f"http://127.0.0.1:{port}/"], parse_wrk
     else:
         raise SystemExit(f"unknown scenario {scenario}")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 60).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
     try:
         return parse(out)
     except (AttributeError, KeyError, ValueError):
@@ -313,6 +314,44 @@ def idle_rss(kind, proc, port):
     return rss
 
 
+def route_rounds():
+    """routes_10 and routes_10k in alternating rounds: each round runs every
+    proxy on the 10-route config, then every proxy on the 10,000-route one,
+    so the two figures a route cost is made of are taken a minute apart,
+    not several (this VM's speed moves by ±10% over minutes). Returns the
+    two scenarios' rows and each proxy's cost: the median over rounds of
+    that round's 10k/10 throughput."""
+    pair = ("routes_10", "routes_10k")
+    runs = {s: {kind: [] for kind in KINDS} for s in pair}
+    for _ in range(REPEAT):
+        for scenario in pair:
+            tenants = 1000 if scenario == "routes_10k" else 1
+            procs = {kind: start_proxy(kind, tenants, 10) for kind in KINDS}
+            for kind in KINDS:
+                # Freshly started: one second of load first (connections
+                # pooled, per-route state created), not counted.
+                load(kind, scenario, *PORTS[kind], duration=1)
+            for kind in KINDS:
+                r = load(kind, scenario, *PORTS[kind])
+                r["rss"] = rss_kb(procs[kind].pid)
+                runs[scenario][kind].append(r)
+            for proc in procs.values():
+                stop(proc)
+            time.sleep(0.5)
+    rows = {s: {kind: {k: statistics.median(r[k] for r in runs[s][kind]) for k in runs[s][kind][0]} for kind in KINDS} for s in pair}
+    cost = {kind: statistics.median(b["rps"] / a["rps"] - 1 for a, b in zip(runs["routes_10"][kind], runs["routes_10k"][kind]))
+            for kind in KINDS}
+    return rows, cost
+
+
+def cost_table(rows, cost):
+    lines = ["### routes_cost", "",
+             "| proxy | 10 routes RPS | 10,000 routes RPS | cost (median of per-round ratios) |", "|---|---:|---:|---:|"]
+    for kind in KINDS:
+        lines.append(f"| {kind} | {rows['routes_10'][kind]['rps']:.0f} | {rows['routes_10k'][kind]['rps']:.0f} | {cost[kind] * 100:+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 SCENARIOS = ["h1_keepalive", "h1_1000_conns", "tls_termination", "h2_tls", "body_1mib", "routes_10", "routes_10k", "idle_1000_rss"]
 KINDS = ["bulkhead", "nginx", "haproxy"]
 
@@ -322,8 +361,19 @@ def main():
     backend = start(["nginx", "-c", backend_conf, "-g", "daemon off;"], LOAD_CPU)
     wait_port(BACKEND)
     results = {}
+    paired = not ONLY or {"routes_10", "routes_10k"} <= ONLY
     for scenario in SCENARIOS:
         if ONLY and scenario not in ONLY:
+            continue
+        if paired and scenario == "routes_10k":
+            continue
+        if paired and scenario == "routes_10":
+            pair_rows, cost = route_rounds()
+            for name, rows in pair_rows.items():
+                results[name] = rows
+                print(table(name, rows), flush=True)
+            results["routes_cost"] = cost
+            print(cost_table(pair_rows, cost), flush=True)
             continue
         rows = {}
         tenants, routes = {"routes_10k": (1000, 10), "routes_10": (1, 10)}.get(scenario, (1, 1))
@@ -362,7 +412,10 @@ def main():
     with open(out, "w") as f:
         f.write(f"<!-- bench/compare.sh, {time.strftime('%Y-%m-%d %H:%M')} UTC, DURATION={DURATION}s REPEAT={REPEAT} -->\n\n")
         for scenario, rows in results.items():
-            f.write(table(scenario, rows) + "\n")
+            if scenario == "routes_cost":
+                f.write(cost_table({s: results[s] for s in ("routes_10", "routes_10k")}, rows) + "\n")
+            else:
+                f.write(table(scenario, rows) + "\n")
     print(f"written to {out}")
 
 
