@@ -614,8 +614,8 @@ enum Chunk {
 
 impl Framing {
     fn of(status: StatusCode, head_request: bool, headers: &HeaderMap) -> Result<Framing, String> {
-        let code = status.as_u16();
-        if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
+        // Before the framing headers are read: a bodiless answer's are not checked.
+        if bodiless(status, head_request) {
             return Ok(Framing::Empty);
         }
         if headers.contains_key(TRANSFER_ENCODING) {
@@ -639,16 +639,29 @@ impl Framing {
     /// The framing of a response without `Transfer-Encoding` that states
     /// `length` (or none).
     fn sized(status: StatusCode, head_request: bool, length: Option<u64>) -> Framing {
-        let code = status.as_u16();
-        if head_request || code == 204 || code == 304 || (100..200).contains(&code) {
-            return Framing::Empty;
-        }
         match length {
+            _ if bodiless(status, head_request) => Framing::Empty,
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::UntilClose,
         }
     }
+
+    /// The body's length, when the framing tells it.
+    fn exact_len(self) -> Option<u64> {
+        match self {
+            Framing::Empty => Some(0),
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Does a response carry no body whatever its headers say (the answer to a
+/// HEAD, 1xx, 204, 304)?
+fn bodiless(status: StatusCode, head_request: bool) -> bool {
+    let code = status.as_u16();
+    head_request || code == 204 || code == 304 || (100..200).contains(&code)
 }
 
 /// A response body read from a target connection. When it ends where its
@@ -801,11 +814,9 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Empty => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.framing
+            .exact_len()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -837,11 +848,7 @@ pub(crate) fn parse_for_test(
         status: head.status,
         headers: head.headers,
         raw: head.raw,
-        exact: match head.framing {
-            Framing::Empty => Some(0),
-            Framing::Length(n) => Some(n),
-            _ => None,
-        },
+        exact: head.framing.exact_len(),
         keep_alive: head.keep_alive,
     }))
 }
