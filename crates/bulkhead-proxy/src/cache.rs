@@ -65,15 +65,18 @@ use http::{request, response, HeaderMap, Method, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 use hyper::body::{Body, Frame, SizeHint};
+use moka::ops::compute::Op;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Largest single object, whatever `max_bytes` says.
 const MAX_OBJECT: u64 = 8 << 20;
@@ -232,6 +235,14 @@ impl moka::Expiry<ObjectKey, Arc<Entry>> for Keep {
     }
 }
 
+/// One invalidation of a resource.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    /// Index versions below this were made before it.
+    cut: u64,
+}
+
 struct Store {
     config: CacheConfig,
     objects: moka::future::Cache<ObjectKey, Arc<Entry>>,
@@ -239,8 +250,9 @@ struct Store {
     index: moka::future::Cache<PrimaryKey, Arc<Index>>,
     versions: AtomicU64,
     /// When each recently invalidated resource (`head: false`) was: an
-    /// entry stored, or a fill begun, before that is not used.
-    invalidated: Mutex<HashMap<PrimaryKey, Instant>>,
+    /// entry stored, or a fill begun, before that is not used, nor an index
+    /// made before it.
+    invalidated: Mutex<HashMap<PrimaryKey, Mark>>,
     /// Fetches in flight that concurrent misses may wait for.
     inflight: Mutex<HashMap<PrimaryKey, watch::Receiver<()>>>,
     /// Bumped by a purge: fills begun before it do not store.
@@ -281,39 +293,51 @@ impl Store {
 
     /// Was `primary`'s resource invalidated at or after `t`?
     fn invalidated_since(&self, primary: &PrimaryKey, t: Instant) -> bool {
+        self.last_mark(primary).is_some_and(|m| m.at >= t)
+    }
+
+    /// Was `index` made before the last invalidation of `primary`'s resource?
+    fn outdated(&self, primary: &PrimaryKey, index: &Index) -> bool {
+        self.last_mark(primary)
+            .is_some_and(|m| index.version < m.cut)
+    }
+
+    fn last_mark(&self, primary: &PrimaryKey) -> Option<Mark> {
         let invalidated = self
             .invalidated
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if invalidated.is_empty() {
-            return false;
+            return None;
         }
         let resource = PrimaryKey {
             head: false,
             ..primary.clone()
         };
-        invalidated.get(&resource).is_some_and(|at| *at >= t)
+        invalidated.get(&resource).copied()
     }
 
     /// RFC 9111 §4.4: a successful unsafe request invalidates its target URI
     /// (GET and HEAD, every variant). Takes effect at once for lookups and
-    /// fills under way; the index entries go in the background.
-    fn invalidate(self: &Arc<Self>, resource: PrimaryKey) {
+    /// fills under way; the index entries made before it go in the
+    /// background (one a store makes meanwhile stays).
+    fn invalidate(self: &Arc<Self>, resource: PrimaryKey) -> JoinHandle<()> {
         let now = Instant::now();
+        let cut = self.versions.load(Ordering::SeqCst);
         {
             let mut invalidated = self
                 .invalidated
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if invalidated.len() >= MAX_INVALIDATION_MARKS {
-                invalidated.retain(|_, at| now.duration_since(*at) < INVALIDATION_MARK);
+                invalidated.retain(|_, m| now.duration_since(m.at) < INVALIDATION_MARK);
             }
             if invalidated.len() >= MAX_INVALIDATION_MARKS {
                 // Too many to remember: fail safe, no fill under way may store.
                 invalidated.clear();
                 self.epoch.fetch_add(1, Ordering::SeqCst);
             }
-            invalidated.insert(resource.clone(), now);
+            invalidated.insert(resource.clone(), Mark { at: now, cut });
         }
         let store = self.clone();
         tokio::spawn(async move {
@@ -322,9 +346,18 @@ impl Store {
                     head,
                     ..resource.clone()
                 };
-                store.index.invalidate(&key).await;
+                store
+                    .index
+                    .entry(key)
+                    .and_compute_with(|index| async move {
+                        match index {
+                            Some(i) if i.value().version < cut => Op::Remove,
+                            _ => Op::Nop,
+                        }
+                    })
+                    .await;
             }
-        });
+        })
     }
 
     /// Lead the fetch of `primary`, or join the one in flight.
@@ -717,8 +750,9 @@ impl Miss {
         }
     }
 
-    /// Store `entry` in the background; followers wake once it is in.
-    fn store(mut self, vary: Vec<HeaderName>, entry: Entry) {
+    /// Store `entry` in the background; followers wake once it is in, and
+    /// the handle says when it is.
+    fn store(mut self, vary: Vec<HeaderName>, entry: Entry) -> JoinHandle<()> {
         let lead = self.lead.take();
         tokio::spawn(async move {
             let store = &self.store;
@@ -739,10 +773,11 @@ impl Miss {
                     .index
                     .get_with(self.primary.clone(), async { new_index(vary_names) })
                     .await;
-                let index = if *index.names == *vary {
+                let index = if *index.names == *vary && !store.outdated(&self.primary, &index) {
                     index
                 } else {
-                    // The resource's Vary changed: its old variants go.
+                    // The resource's Vary changed, or it was invalidated
+                    // and the index is not gone yet: its old variants go.
                     let index = new_index(vary);
                     store
                         .index
@@ -755,7 +790,7 @@ impl Miss {
                 store.objects.run_pending_tasks().await;
             }
             drop(lead);
-        });
+        })
     }
 
     /// The stored entry, refreshed by a 304 that matches it.
@@ -1028,7 +1063,8 @@ pub fn tee<B: Body<Data = Bytes>>(
     let Some(miss) = fill.miss else {
         if let Some((store, resource)) = fill.invalidate {
             if (200..400).contains(&parts.status.as_u16()) {
-                store.invalidate(resource);
+                // Lookups see it at once; the index cleanup may trail.
+                drop(store.invalidate(resource));
             }
         }
         set_x_cache(&mut parts.headers, "BYPASS");
@@ -1048,8 +1084,10 @@ pub fn tee<B: Body<Data = Bytes>>(
             } else {
                 entry.body.clone()
             };
-            miss.store(vary, entry);
-            return (out, Tee::stored(stored, body));
+            let landing = miss.store(vary, entry);
+            let mut tee = Tee::stored(stored, body);
+            tee.landing = Some(landing);
+            return (out, tee);
         }
     }
     let admitted = miss.admit(parts.status, &parts.headers, now);
@@ -1067,18 +1105,14 @@ pub fn tee<B: Body<Data = Bytes>>(
         miss,
     };
     if body.is_end_stream() {
-        filling.finish();
-        return (parts, Tee::pass(body));
+        let mut tee = Tee::pass(body);
+        tee.landing = filling.finish();
+        tee.held = Some(None);
+        return (parts, tee);
     }
-    (
-        parts,
-        Tee {
-            inner: body,
-            stored: None,
-            replaced: false,
-            filling: Some(filling),
-        },
-    )
+    let mut tee = Tee::pass(body);
+    tee.filling = Some(filling);
+    (parts, tee)
 }
 
 /// A body on its way into the cache.
@@ -1103,15 +1137,16 @@ impl Filling {
         true
     }
 
-    /// The body is complete: store it (unless it is shorter than announced).
-    fn finish(self) {
+    /// The body is complete: store it (unless it is shorter than announced);
+    /// the handle says when it is in.
+    fn finish(self) -> Option<JoinHandle<()>> {
         let announced = self
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if !self.miss.primary.head && announced.is_some_and(|n| n != self.len) {
-            return;
+            return None;
         }
         let body = match self.buf.len() {
             0 => Bytes::new(),
@@ -1128,19 +1163,27 @@ impl Filling {
         let entry = self
             .miss
             .entry(self.status, self.headers, body, self.policy, now);
-        self.miss.store(self.vary, entry);
+        Some(self.miss.store(self.vary, entry))
     }
 }
 
 pin_project_lite::pin_project! {
     /// A response body on its way to the client: passed through, copied into
     /// the cache, or replaced by a stored body (a revalidated entry).
+    ///
+    /// When the response is stored, its last frame (or its end) waits until
+    /// the entry is in, so a client that has the whole response and asks
+    /// again is answered from the cache.
     pub struct Tee<B> {
         #[pin]
         inner: B,
         stored: Option<Bytes>,
         replaced: bool,
         filling: Option<Filling>,
+        landing: Option<JoinHandle<()>>,
+        // What goes out once `landing` is done: a frame, or (`Some(None)`)
+        // the end of the body.
+        held: Option<Option<Frame<Bytes>>>,
     }
 }
 
@@ -1151,15 +1194,16 @@ impl<B> Tee<B> {
             stored: None,
             replaced: false,
             filling: None,
+            landing: None,
+            held: None,
         }
     }
 
     fn stored(body: Bytes, inner: B) -> Tee<B> {
         Tee {
-            inner,
             stored: (!body.is_empty()).then_some(body),
             replaced: true,
-            filling: None,
+            ..Tee::pass(inner)
         }
     }
 }
@@ -1173,38 +1217,55 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
-        if *this.replaced {
-            return Poll::Ready(this.stored.take().map(|b| Ok(Frame::data(b))));
-        }
-        let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                let keep = match (this.filling.as_mut(), frame.data_ref()) {
-                    (Some(f), Some(data)) => f.push(data),
-                    // Trailers are not stored: neither is the response.
-                    _ => false,
-                };
-                if !keep {
-                    *this.filling = None;
-                } else if this.inner.is_end_stream() {
-                    if let Some(f) = this.filling.take() {
-                        f.finish();
+        loop {
+            if let Some(landing) = this.landing.as_mut() {
+                if let Err(e) = ready!(Pin::new(landing).poll(cx)) {
+                    tracing::debug!(error = %e, "cache store did not finish");
+                }
+                *this.landing = None;
+                if let Some(held) = this.held.take() {
+                    return Poll::Ready(held.map(Ok));
+                }
+            }
+            if *this.replaced {
+                return Poll::Ready(this.stored.take().map(|b| Ok(Frame::data(b))));
+            }
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let keep = match (this.filling.as_mut(), frame.data_ref()) {
+                        (Some(f), Some(data)) => f.push(data),
+                        // Trailers are not stored: neither is the response.
+                        _ => false,
+                    };
+                    if !keep {
+                        *this.filling = None;
+                    } else if this.inner.is_end_stream() {
+                        *this.landing = this.filling.take().and_then(Filling::finish);
                     }
+                    if this.landing.is_none() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    *this.held = Some(Some(frame));
+                }
+                None => {
+                    *this.landing = this.filling.take().and_then(Filling::finish);
+                    if this.landing.is_none() {
+                        return Poll::Ready(None);
+                    }
+                    *this.held = Some(None);
+                }
+                Some(Err(e)) => {
+                    *this.filling = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
-            Poll::Ready(None) => {
-                if let Some(f) = this.filling.take() {
-                    f.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => *this.filling = None,
-            Poll::Pending => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.replaced {
+        if self.landing.is_some() {
+            false
+        } else if self.replaced {
             self.stored.is_none()
         } else {
             self.inner.is_end_stream()
@@ -1297,7 +1358,8 @@ async fn refresh_once(
         let (vary, entry) = miss
             .not_modified(&parts.headers, now)
             .ok_or("a 304 that does not match the stored response")?;
-        miss.store(vary, entry);
+        // Awaited, so that `refreshing` is cleared once the entry is in.
+        let _landed = miss.store(vary, entry).await;
         return Ok(());
     }
     let (headers, vary, policy) = miss
@@ -1311,7 +1373,7 @@ async fn refresh_once(
         .to_bytes();
     drop(lease);
     let entry = miss.entry(parts.status, headers, body, policy, SystemTime::now());
-    miss.store(vary, entry);
+    let _landed = miss.store(vary, entry).await;
     Ok(())
 }
 
@@ -1401,6 +1463,42 @@ mod tests {
         assert!(!p.is_storable(), "varies on credentials, no public");
         let p = make_policy(&c, &req, StatusCode::OK, &h, &[], now);
         assert!(p.is_storable());
+    }
+
+    #[tokio::test]
+    async fn an_index_made_after_an_invalidation_outlives_its_cleanup() {
+        let store = Arc::new(Store::new(&config()));
+        let pk = PrimaryKey {
+            tenant: "a".into(),
+            head: false,
+            host: "h".into(),
+            path: "/".into(),
+            query: None,
+        };
+        let index = |store: &Store| {
+            Arc::new(Index {
+                names: Box::new([]),
+                version: store.versions.fetch_add(1, Ordering::SeqCst),
+            })
+        };
+        let old = index(&store);
+        store.index.insert(pk.clone(), old.clone()).await;
+        // The cleanup is spawned; on this one-thread runtime it has not run.
+        let cleanup = store.invalidate(pk.clone());
+        assert!(store.outdated(&pk, &old), "not reused by a store");
+        let new = index(&store);
+        assert!(!store.outdated(&pk, &new));
+        store.index.insert(pk.clone(), new.clone()).await;
+        cleanup.await.expect("cleanup");
+        store.index.run_pending_tasks().await;
+        assert_eq!(
+            store.index.get(&pk).await.map(|i| i.version),
+            Some(new.version),
+            "the cleanup removes only what was made before the invalidation"
+        );
+        store.invalidate(pk.clone()).await.expect("cleanup");
+        store.index.run_pending_tasks().await;
+        assert!(store.index.get(&pk).await.is_none());
     }
 
     #[test]
