@@ -151,8 +151,11 @@ impl Balancer {
     /// Choose an available target. `random` is a fresh random number,
     /// `hash` the request's consistent-hash key (when the group hashes).
     pub fn pick(&self, targets: &[TargetState], random: u64, hash: Option<u64>) -> Option<usize> {
-        if targets.is_empty() {
-            return None;
+        match targets {
+            [] => return None,
+            // Every kind picks the one target (and its state is all it reads).
+            [only] => return only.available().then_some(0),
+            _ => {}
         }
         match self.kind {
             Balance::RoundRobin => {

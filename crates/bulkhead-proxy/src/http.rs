@@ -569,7 +569,7 @@ async fn forward(
         }
     }
     let host_value = raw_host.unwrap_or_else(|| d.host.as_deref().unwrap_or_default().to_string());
-    if let Some(name) = &snap.group_config(gid).identity_header {
+    if let Some(name) = &group.identity_header {
         parts.headers.remove(name.as_str());
         if let Some(id) = &d.identity {
             headers::set(&mut parts.headers, name, id);
@@ -582,7 +582,7 @@ async fn forward(
         request_id: &request_id,
         trusted: zone.trusted,
     };
-    let h2 = snap.group_config(gid).protocol == bulkhead_config::UpstreamProtocol::H2;
+    let h2 = group.h2;
     // An untrusted hop's forwarding headers go into an HTTP/1.1 head as
     // lines, unless something reads the map after this (the cache, a hash
     // on a header).

@@ -29,31 +29,40 @@ const RETRY_BURST: i64 = 10_000;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// One group at run time.
+///
+/// Laid out in the order a request reads it (`repr(C)`): with thousands of
+/// groups, each request's group is cold, and what it reads fits in the
+/// first cache lines instead of being spread over the struct.
+#[repr(C)]
 pub struct GroupRuntime {
-    /// `tenant/group`.
-    pub full_name: String,
+    in_flight: Arc<AtomicUsize>,
+    max_requests: Option<usize>,
+    /// Connection slots (`limits.max_connections`), with a bounded wait.
+    slots: Option<Arc<Semaphore>>,
     /// Targets in config order.
     pub targets: Vec<TargetState>,
-    balancer: Balancer,
-    hash_on: HashOn,
-    /// Effective timeouts (group setting or defaults; routes may override).
-    pub timeouts: Timeouts,
     /// One pool per target (same order as `targets`). For HTTP/2 the
     /// request's URI carries the client's Host as authority (`:authority`
     /// must match `Host`), so the connection target comes from the pool,
     /// not the URI.
     pools: Vec<TargetPool>,
-    max_requests: Option<usize>,
-    in_flight: Arc<AtomicUsize>,
+    /// Effective timeouts (group setting or defaults; routes may override).
+    pub timeouts: Timeouts,
+    /// The group's `identity_header`, read here rather than from its config.
+    pub identity_header: Option<String>,
+    /// Targets speak HTTP/2 (prior knowledge).
+    pub h2: bool,
+    hash_on: HashOn,
+    balancer: Balancer,
     outlier: Option<bulkhead_config::Outlier>,
+    /// `tenant/group`.
+    pub full_name: String,
     /// Retry budget in thousandths of a retry: each request adds
     /// `budget_percent * 10`, each retry spends 1000 (capped for bursts).
     retry_tokens: std::sync::atomic::AtomicI64,
     retry_earn: i64,
     /// What the pools were built with; pools are reused across reloads only when it is unchanged.
     pool_key: (UpstreamProtocol, Duration, Duration),
-    /// Connection slots (`limits.max_connections`), with a bounded wait.
-    slots: Option<Arc<Semaphore>>,
     slots_size: Option<u32>,
     max_pending: usize,
     pending: AtomicUsize,
@@ -213,6 +222,8 @@ impl GroupRuntime {
             targets,
             hash_on: cfg.hash_on.clone(),
             timeouts,
+            identity_header: cfg.identity_header.clone(),
+            h2: cfg.protocol == UpstreamProtocol::H2,
             pools: target_pools,
             max_requests: cfg.limits.max_requests.map(|n| n as usize),
             in_flight: previous.map_or_else(Arc::default, |p| p.in_flight.clone()),
