@@ -299,6 +299,28 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_target_is_picked_while_available() {
+        let kinds = [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::LeastRequest,
+            Balance::ConsistentHash,
+        ];
+        let t = targets(&[3]);
+        for kind in kinds {
+            assert_eq!(Balancer::new(kind, &t).pick(&t, 7, Some(7)), Some(0));
+        }
+        t[0].drained.store(true, Ordering::Relaxed);
+        for kind in kinds {
+            assert_eq!(Balancer::new(kind, &t).pick(&t, 7, Some(7)), None);
+        }
+        assert_eq!(
+            Balancer::new(Balance::RoundRobin, &[]).pick(&[], 0, None),
+            None
+        );
+    }
+
+    #[test]
     fn random_follows_weights() {
         let t = targets(&[3, 1]);
         let b = Balancer::new(Balance::Random, &t);
