@@ -6,6 +6,7 @@
 //! exact beats wildcard.
 
 use crate::router::FastMap;
+use compact_str::CompactString;
 use std::borrow::Cow;
 
 /// Why a host value was rejected (a 400).
@@ -101,10 +102,14 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
 
 /// Host → owner lookup over exact names and one-label wildcards.
 #[derive(Clone, Debug, Default)]
+///
+/// Keys of up to 24 bytes are stored in the table itself ([`CompactString`]):
+/// with thousands of hosts the entry a request finds is cold, and a key on
+/// the heap would be a second miss for the comparison.
 pub struct HostIndex<T> {
-    exact: FastMap<Box<str>, T>,
+    exact: FastMap<CompactString, T>,
     /// Keyed by the part after `*.`.
-    wildcard: FastMap<Box<str>, T>,
+    wildcard: FastMap<CompactString, T>,
 }
 
 impl<T: Copy> HostIndex<T> {

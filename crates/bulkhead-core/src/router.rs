@@ -11,6 +11,7 @@
 
 use crate::normalize::hex;
 use crate::request::{HeaderSource, MatchFacts};
+use compact_str::CompactString;
 use ipnet::IpNet;
 use regex::Regex;
 use smallvec::SmallVec;
@@ -165,14 +166,15 @@ fn form_decode(s: &str) -> String {
 #[derive(Clone, Debug, Default)]
 struct TrieNode {
     routes: SmallVec<[RouteIdx; 2]>,
-    children: FastMap<Box<str>, TrieNode>,
+    /// Segments of up to 24 bytes are stored inline (see `HostIndex`).
+    children: FastMap<CompactString, TrieNode>,
 }
 
 /// The candidate index of one tenant's routes.
 #[derive(Clone, Debug, Default)]
 pub struct Router {
     root: TrieNode,
-    exact: FastMap<Box<str>, SmallVec<[RouteIdx; 2]>>,
+    exact: FastMap<CompactString, SmallVec<[RouteIdx; 2]>>,
     /// Regex and path-less routes, with the literal prefix a path must start with.
     tail: Vec<(RouteIdx, Box<str>)>,
     case_insensitive: bool,
@@ -197,7 +199,7 @@ impl Router {
                         .tail
                         .push((idx, regex_literal_prefix(re.as_str()).into()));
                 }
-                PathMatcher::Exact(p) => router.exact.entry(p.clone()).or_default().push(idx),
+                PathMatcher::Exact(p) => router.exact.entry((**p).into()).or_default().push(idx),
                 PathMatcher::Prefix(p) => {
                     let mut node = &mut router.root;
                     for seg in p.split('/').filter(|s| !s.is_empty()) {
