@@ -39,6 +39,16 @@ pub struct GroupRuntime {
     max_requests: Option<usize>,
     /// Connection slots (`limits.max_connections`), with a bounded wait.
     slots: Option<Arc<Semaphore>>,
+    /// Retry budget in thousandths of a retry: each request adds
+    /// `budget_percent * 10`, each retry spends 1000 (capped for bursts).
+    retry_tokens: std::sync::atomic::AtomicI64,
+    retry_earn: i64,
+    /// Targets speak HTTP/2 (prior knowledge).
+    pub h2: bool,
+    /// The balancer hashes a key (read here, next to the rest).
+    hashes: bool,
+    /// The hash key is a request header.
+    hashes_on_header: bool,
     /// Targets in config order.
     pub targets: Vec<TargetState>,
     /// One pool per target (same order as `targets`). For HTTP/2 the
@@ -50,17 +60,11 @@ pub struct GroupRuntime {
     pub timeouts: Timeouts,
     /// The group's `identity_header`, read here rather than from its config.
     pub identity_header: Option<String>,
-    /// Targets speak HTTP/2 (prior knowledge).
-    pub h2: bool,
     hash_on: HashOn,
     balancer: Balancer,
     outlier: Option<bulkhead_config::Outlier>,
     /// `tenant/group`.
     pub full_name: String,
-    /// Retry budget in thousandths of a retry: each request adds
-    /// `budget_percent * 10`, each retry spends 1000 (capped for bursts).
-    retry_tokens: std::sync::atomic::AtomicI64,
-    retry_earn: i64,
     /// What the pools were built with; pools are reused across reloads only when it is unchanged.
     pool_key: (UpstreamProtocol, Duration, Duration),
     slots_size: Option<u32>,
@@ -216,9 +220,12 @@ impl GroupRuntime {
             targets.push(TargetState::with_live(address.into(), t.weight, live));
             target_pools.push(pool);
         }
+        let balancer = Balancer::new(cfg.balance, &targets);
         GroupRuntime {
             full_name: String::new(),
-            balancer: Balancer::new(cfg.balance, &targets),
+            hashes: balancer.hashes(),
+            balancer,
+            hashes_on_header: matches!(cfg.hash_on, HashOn::Header(_)),
             targets,
             hash_on: cfg.hash_on.clone(),
             timeouts,
@@ -348,7 +355,7 @@ impl GroupRuntime {
         };
         let random: u64 = rand::random();
         // Only the hash ring needs the key (a client IP is formatted for it).
-        let hash = if self.balancer.hashes() {
+        let hash = if self.hashes {
             self.hash_key(&key)
         } else {
             None
@@ -391,7 +398,7 @@ impl GroupRuntime {
     /// Whether the consistent-hash key is a request header (read from the
     /// request's header map).
     pub fn hashes_on_header(&self) -> bool {
-        matches!(self.hash_on, HashOn::Header(_))
+        self.hashes_on_header
     }
 
     /// Send `req` to the leased target, with `forwarding` header lines
