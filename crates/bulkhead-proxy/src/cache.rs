@@ -1465,16 +1465,21 @@ mod tests {
         assert!(p.is_storable());
     }
 
-    #[tokio::test]
-    async fn an_index_made_after_an_invalidation_outlives_its_cleanup() {
-        let store = Arc::new(Store::new(&config()));
-        let pk = PrimaryKey {
+    /// Tenant `a`'s `GET h/`.
+    fn primary() -> PrimaryKey {
+        PrimaryKey {
             tenant: "a".into(),
             head: false,
             host: "h".into(),
             path: "/".into(),
             query: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_index_made_after_an_invalidation_outlives_its_cleanup() {
+        let store = Arc::new(Store::new(&config()));
+        let pk = primary();
         let index = |store: &Store| {
             Arc::new(Index {
                 names: Box::new([]),
@@ -1503,13 +1508,7 @@ mod tests {
 
     #[test]
     fn vary_values_make_the_key() {
-        let pk = PrimaryKey {
-            tenant: "a".into(),
-            head: false,
-            host: "h".into(),
-            path: "/".into(),
-            query: None,
-        };
+        let pk = primary();
         let names =
             vary_names(&response(&[("vary", "Accept-Language, accept-encoding")])).expect("names");
         assert_eq!(names.len(), 2);
