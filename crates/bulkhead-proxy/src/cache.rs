@@ -75,8 +75,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Resolves when a stored response can be found by lookups, or will not be
+/// stored (the sender is dropped).
+type Landing = oneshot::Receiver<()>;
 
 /// Largest single object, whatever `max_bytes` says.
 const MAX_OBJECT: u64 = 8 << 20;
@@ -751,9 +756,11 @@ impl Miss {
     }
 
     /// Store `entry` in the background; followers wake once it is in, and
-    /// the handle says when it is.
-    fn store(mut self, vary: Vec<HeaderName>, entry: Entry) -> JoinHandle<()> {
+    /// the returned [`Landing`] resolves as soon as lookups can find it (or
+    /// it will not be stored), before the cache's own upkeep.
+    fn store(mut self, vary: Vec<HeaderName>, entry: Entry) -> Landing {
         let lead = self.lead.take();
+        let (landed, landing) = oneshot::channel();
         tokio::spawn(async move {
             let store = &self.store;
             let current = store.epoch.load(Ordering::SeqCst) == self.epoch
@@ -787,10 +794,13 @@ impl Miss {
                 };
                 let key = ObjectKey::new(self.primary.clone(), &index, &self.request.headers);
                 store.objects.insert(key, Arc::new(entry)).await;
+                // Found by lookups from here on; the upkeep may take longer.
+                let _ = landed.send(());
                 store.objects.run_pending_tasks().await;
             }
             drop(lead);
-        })
+        });
+        landing
     }
 
     /// The stored entry, refreshed by a 304 that matches it.
@@ -1138,8 +1148,8 @@ impl Filling {
     }
 
     /// The body is complete: store it (unless it is shorter than announced);
-    /// the handle says when it is in.
-    fn finish(self) -> Option<JoinHandle<()>> {
+    /// the landing says when it is in.
+    fn finish(self) -> Option<Landing> {
         let announced = self
             .headers
             .get(CONTENT_LENGTH)
@@ -1180,7 +1190,7 @@ pin_project_lite::pin_project! {
         stored: Option<Bytes>,
         replaced: bool,
         filling: Option<Filling>,
-        landing: Option<JoinHandle<()>>,
+        landing: Option<Landing>,
         // What goes out once `landing` is done: a frame, or (`Some(None)`)
         // the end of the body.
         held: Option<Option<Frame<Bytes>>>,
@@ -1219,9 +1229,8 @@ impl<B: Body<Data = Bytes>> Body for Tee<B> {
         let mut this = self.project();
         loop {
             if let Some(landing) = this.landing.as_mut() {
-                if let Err(e) = ready!(Pin::new(landing).poll(cx)) {
-                    tracing::debug!(error = %e, "cache store did not finish");
-                }
+                // Stored, or not to be: either way the response goes on.
+                let _ = ready!(Pin::new(landing).poll(cx));
                 *this.landing = None;
                 if let Some(held) = this.held.take() {
                     return Poll::Ready(held.map(Ok));
