@@ -1117,7 +1117,8 @@ pub fn tee<B: Body<Data = Bytes>>(
     if body.is_end_stream() {
         let mut tee = Tee::pass(body);
         tee.landing = filling.finish();
-        tee.held = Some(None);
+        // The end of the (empty) body waits for the store, if any.
+        tee.held = tee.landing.is_some().then_some(None);
         return (parts, tee);
     }
     let mut tee = Tee::pass(body);
