@@ -101,11 +101,11 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, HostError> {
 }
 
 /// Host → owner lookup over exact names and one-label wildcards.
-#[derive(Clone, Debug, Default)]
 ///
 /// Keys of up to 24 bytes are stored in the table itself ([`CompactString`]):
 /// with thousands of hosts the entry a request finds is cold, and a key on
 /// the heap would be a second miss for the comparison.
+#[derive(Clone, Debug, Default)]
 pub struct HostIndex<T> {
     exact: FastMap<CompactString, T>,
     /// Keyed by the part after `*.`.
