@@ -239,7 +239,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1));
     // Room for the forwarding headers the proxy adds (`headers::set_forwarding`):
     // growing the map later would rehash every entry.
-    let map = header_map(&head, &fields, FORWARDING_ROOM);
+    let map = header_map(&head, &fields, FORWARDING_ROOM, |_| true);
     let (Some(map), Ok(uri)) = (map, uri) else {
         // Give the bytes back, in order, for hyper.
         let mut whole = BytesMut::from(&head[..]);
@@ -282,12 +282,20 @@ pub fn parse_head(buf: &mut BytesMut) -> Option<(http::Request<()>, bool)> {
 const NOT_OURS: [&[u8]; 3] = [b"transfer-encoding", b"expect", b"upgrade"];
 
 /// The header map of a parsed head, its names and values sharing `head`'s
-/// bytes, with room for `room` more entries; `None` if the `http` crate
-/// refuses a name or value.
-pub(crate) fn header_map(head: &Bytes, fields: &[(Span, Span)], room: usize) -> Option<HeaderMap> {
+/// bytes, with room for `room` more entries: the fields whose indexes `keep`
+/// accepts. `None` if the `http` crate refuses a kept name or value.
+pub(crate) fn header_map(
+    head: &Bytes,
+    fields: &[(Span, Span)],
+    room: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Option<HeaderMap> {
     let slice = |(start, len): Span| head.slice(start..start + len);
     let mut map = HeaderMap::with_capacity(fields.len() + room);
-    for &(name, value) in fields {
+    for (i, &(name, value)) in fields.iter().enumerate() {
+        if !keep(i) {
+            continue;
+        }
         let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1]).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(value)).ok()?;
         map.append(name, value);
@@ -831,12 +839,38 @@ mod tests {
             "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 20:00:00 GMT\r\n\
              Content-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
         );
-        // Asked for a header map, the same head gives one.
+        // Asked for a header map, the same head gives one, without the
+        // hop-by-hop field, as `strip_hop_by_hop` would leave it.
         let parsed = parse_for_test(upstream, false, ResponseHeads::Map)
             .unwrap()
             .unwrap();
         assert!(parsed.raw.is_none());
-        assert_eq!(parsed.headers.len(), 5);
+        assert!(parsed.keep_alive);
+        let names: Vec<&str> = parsed.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server", "date", "content-type", "content-length"]);
+        // `Connection: close` is still heard.
+        let closing = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let parsed = parse_for_test(closing, false, ResponseHeads::Map)
+            .unwrap()
+            .unwrap();
+        assert!(!parsed.keep_alive);
+        assert!(parsed.headers.get("connection").is_none());
+    }
+
+    #[test]
+    fn a_head_whose_connection_names_fields_keeps_them_in_the_map_for_the_strip() {
+        use crate::h1_upstream::parse_for_test;
+        let upstream = b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-End: 2\r\n\
+            Content-Length: 0\r\n\r\n";
+        let mut parsed = parse_for_test(upstream, false, ResponseHeads::Map)
+            .unwrap()
+            .unwrap();
+        // Not scanned: the whole head is in the map, and the strip takes
+        // out `Connection` and the field it names.
+        assert_eq!(parsed.headers.len(), 4);
+        crate::headers::strip_hop_by_hop(&mut parsed.headers, false);
+        let names: Vec<&str> = parsed.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-end", "content-length"]);
     }
 
     /// A client-side head as `(lowercased name, value)` pairs, grouped by

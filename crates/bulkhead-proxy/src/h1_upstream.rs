@@ -553,25 +553,38 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
         if status == StatusCode::SWITCHING_PROTOCOLS && !ask.upgrade {
             return Err("101 to a request that did not ask to upgrade".into());
         }
-        let raw = match ask.heads {
-            ResponseHeads::Raw if status != StatusCode::SWITCHING_PROTOCOLS => {
-                RawHead::scan(&bytes, &fields)
-            }
-            _ => None,
+        // A head the scan accepts has its framing and `close` from it.
+        let scanned = if status == StatusCode::SWITCHING_PROTOCOLS {
+            None
+        } else {
+            RawHead::scan(&bytes, &fields)
         };
-        let (headers, framing, close) = match &raw {
-            Some(raw) => (
+        let invalid = || "invalid header name or value".to_string();
+        // Room for the policy's and the client side's own headers (`Date`).
+        const ROOM: usize = 2;
+        let (headers, framing, close, raw) = match (scanned, ask.heads) {
+            (Some(raw), ResponseHeads::Raw) => (
                 HeaderMap::new(),
                 Framing::sized(status, ask.head_request, raw.content_length()),
                 raw.close(),
+                Some(raw),
             ),
-            None => {
-                // Room for the policy's and the client side's own headers (`Date`).
-                let headers = crate::h1_server::header_map(&bytes, &fields, 2)
-                    .ok_or_else(|| "invalid header name or value".to_string())?;
+            (Some(raw), ResponseHeads::Map) => {
+                // The scan found no field that `Connection` names: the map
+                // is what `strip_hop_by_hop` would leave, built without the
+                // fields the scan drops (the hop-by-hop ones).
+                let keep = |i| raw.forwards(i);
+                let headers = crate::h1_server::header_map(&bytes, &fields, ROOM, keep)
+                    .ok_or_else(invalid)?;
+                let framing = Framing::sized(status, ask.head_request, raw.content_length());
+                (headers, framing, raw.close(), None)
+            }
+            (None, _) => {
+                let headers = crate::h1_server::header_map(&bytes, &fields, ROOM, |_| true)
+                    .ok_or_else(invalid)?;
                 let framing = Framing::of(status, ask.head_request, &headers)?;
                 let close = crate::headers::has_token(&headers, CONNECTION, "close");
-                (headers, framing, close)
+                (headers, framing, close, None)
             }
         };
         let keep_alive = version == Version::HTTP_11 && framing != Framing::UntilClose && !close;

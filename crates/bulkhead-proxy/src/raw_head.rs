@@ -40,6 +40,8 @@ pub struct RawHead {
     content_length: Option<u64>,
     has_date: bool,
     close: bool,
+    /// The dropped fields, by their index in the head (bit `i`: field `i`).
+    dropped: u128,
 }
 
 impl RawHead {
@@ -48,16 +50,20 @@ impl RawHead {
     /// head's fields, as httparse found them (valid names and values, only
     /// `:` and spaces between a name and its value).
     pub(crate) fn scan(head: &Bytes, fields: &[(Span, Span)]) -> Option<RawHead> {
+        if fields.len() > u128::BITS as usize {
+            return None;
+        }
         let mut raw = RawHead {
             head: head.clone(),
             runs: smallvec::SmallVec::new(),
             content_length: None,
             has_date: false,
             close: false,
+            dropped: 0,
         };
         // Where the current run ends, if the last field was forwarded.
         let mut run_end = None;
-        for &(name, value) in fields {
+        for (i, &(name, value)) in fields.iter().enumerate() {
             let n = &head[name.0..name.0 + name.1];
             let v = &head[value.0..value.0 + value.1];
             let forwarded = if n.eq_ignore_ascii_case(b"content-length") {
@@ -80,6 +86,7 @@ impl RawHead {
                 !headers::is_hop_by_hop(n)
             };
             if !forwarded {
+                raw.dropped |= 1 << i;
                 run_end = None;
                 continue;
             }
@@ -103,6 +110,11 @@ impl RawHead {
     /// Whether the head carries `Date`.
     pub fn has_date(&self) -> bool {
         self.has_date
+    }
+
+    /// Whether the field at `index` (of the `fields` scanned) is forwarded.
+    pub(crate) fn forwards(&self, index: usize) -> bool {
+        index >= u128::BITS as usize || self.dropped & (1 << index) == 0
     }
 
     /// Whether the target's `Connection` says `close`.
