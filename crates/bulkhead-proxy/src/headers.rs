@@ -8,6 +8,7 @@ use http::header::{
     PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -47,7 +48,7 @@ static PROXY_SET: [HeaderName; 7] = [
 /// `Upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none, or only `Connection`.
-    let found = present(headers, &HOP_BY_HOP);
+    let found = present(headers, &HOP_BY_HOP, *HOP_BY_HOP_LENGTHS);
     if found == 0 {
         return;
     }
@@ -72,17 +73,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Which of `names` (at most 16) `headers` carries, as a bitmask: one pass
 /// over the map's names, so that only those present are looked up to be
-/// removed ([`remove_present`]).
-fn present(headers: &HeaderMap, names: &[HeaderName]) -> u16 {
+/// removed ([`remove_present`]). `lengths` is `names`' [`length_mask`]: a
+/// field whose name has none of their lengths (most of them) is passed over
+/// without comparing it with each.
+fn present(headers: &HeaderMap, names: &[HeaderName], lengths: u64) -> u16 {
     debug_assert!(names.len() <= 16);
+    debug_assert_eq!(lengths, length_mask(names));
     let mut present = 0u16;
     for name in headers.keys() {
+        if lengths & length_bit(name) == 0 {
+            continue;
+        }
         if let Some(i) = names.iter().position(|n| n == name) {
             present |= 1 << i;
         }
     }
     present
 }
+
+/// The lengths of `names` as a bitmask (see [`length_bit`]).
+fn length_mask(names: &[HeaderName]) -> u64 {
+    names.iter().fold(0, |mask, name| mask | length_bit(name))
+}
+
+/// Bit `n` for a name `n` bytes long (63 for any longer).
+fn length_bit(name: &HeaderName) -> u64 {
+    1 << name.as_str().len().min(63)
+}
+
+static HOP_BY_HOP_LENGTHS: LazyLock<u64> = LazyLock::new(|| length_mask(&HOP_BY_HOP));
+static FORWARDING_LENGTHS: LazyLock<u64> = LazyLock::new(|| length_mask(&FORWARDING));
 
 /// Remove the `names` that [`present`] found.
 fn remove_present(headers: &mut HeaderMap, names: &[HeaderName], present: u16) {
@@ -295,7 +315,8 @@ pub fn untrusted_forwarding_lines(headers: &mut HeaderMap, hop: &Hop<'_>) -> Vec
     use crate::h1_upstream::push_line;
     debug_assert!(!hop.trusted, "a trusted hop keeps the client's headers");
     // Usually none are present.
-    remove_present(headers, &FORWARDING, present(headers, &FORWARDING));
+    let found = present(headers, &FORWARDING, *FORWARDING_LENGTHS);
+    remove_present(headers, &FORWARDING, found);
     let host = hop.host.as_bytes();
     let host_unchanged = one_host_saying(headers, hop.host).is_some();
     let node = hop.client.node.as_bytes();
