@@ -562,24 +562,25 @@ fn parse_head(buf: &mut BytesMut, ask: Ask) -> Result<Option<Head>, String> {
         let invalid = || "invalid header name or value".to_string();
         // Room for the policy's and the client side's own headers (`Date`).
         const ROOM: usize = 2;
-        let (headers, framing, close, raw) = match (scanned, ask.heads) {
-            (Some(raw), ResponseHeads::Raw) => (
-                HeaderMap::new(),
-                Framing::sized(status, ask.head_request, raw.content_length()),
-                raw.close(),
-                Some(raw),
-            ),
-            (Some(raw), ResponseHeads::Map) => {
-                // The scan found no field that `Connection` names: the map
-                // is what `strip_hop_by_hop` would leave, built without the
-                // fields the scan drops (the hop-by-hop ones).
-                let keep = |i| raw.forwards(i);
-                let headers = crate::h1_server::header_map(&bytes, &fields, ROOM, keep)
-                    .ok_or_else(invalid)?;
+        let (headers, framing, close, raw) = match scanned {
+            Some(raw) => {
                 let framing = Framing::sized(status, ask.head_request, raw.content_length());
-                (headers, framing, raw.close(), None)
+                let close = raw.close();
+                match ask.heads {
+                    ResponseHeads::Raw => (HeaderMap::new(), framing, close, Some(raw)),
+                    ResponseHeads::Map => {
+                        // The scan found no field that `Connection` names:
+                        // the map is what `strip_hop_by_hop` would leave,
+                        // built without the fields the scan drops (the
+                        // hop-by-hop ones).
+                        let keep = |i| raw.forwards(i);
+                        let headers = crate::h1_server::header_map(&bytes, &fields, ROOM, keep)
+                            .ok_or_else(invalid)?;
+                        (headers, framing, close, None)
+                    }
+                }
             }
-            (None, _) => {
+            None => {
                 let headers = crate::h1_server::header_map(&bytes, &fields, ROOM, |_| true)
                     .ok_or_else(invalid)?;
                 let framing = Framing::of(status, ask.head_request, &headers)?;

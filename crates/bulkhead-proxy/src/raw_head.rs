@@ -13,6 +13,8 @@
 //! head that needs more — a `Connection` naming other fields,
 //! `Transfer-Encoding`, a `Content-Length` that is not one plain number —
 //! takes the header map's path (`h1_upstream`), where those are handled.
+//! A head the scan accepts but a caller wants as a header map is built
+//! into one without the fields the scan drops.
 
 use crate::h1_server::Span;
 use crate::headers;
