@@ -23,12 +23,13 @@ pub struct TlsInfo {
     pub identity: Option<String>,
 }
 
-/// A name from the config (listener, zone, tenant, route, group, target),
-/// shared: filling a log line costs a reference count, not a copy.
+/// A name on a log line (listener, zone, client, target, …), shared:
+/// filling a line costs a reference count, not a copy. Tenants, routes and
+/// groups are [`LogName`]s, which cost neither.
 pub type Name = Arc<str>;
 
 /// The config's names as [`Name`]s, indexed like the snapshot's tables.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Names {
     /// Zone names.
     pub zones: Vec<Name>,
@@ -71,10 +72,54 @@ impl Names {
                 .collect(),
         }
     }
+
+    /// The name `n` stands for (`None` for an index out of range).
+    pub fn get<'a>(&'a self, n: &'a LogName) -> Option<&'a Name> {
+        match *n {
+            LogName::Text(ref name) => Some(name),
+            LogName::Tenant(t) => self.tenants.get(t as usize),
+            LogName::Route(t, r) => self.routes.get(t as usize)?.get(r as usize),
+            LogName::Group(g) => self.groups.get(g as usize),
+        }
+    }
+}
+
+impl std::fmt::Debug for Names {
+    // A config's names run to thousands: a log line's debug form shows
+    // their counts, not every one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Names")
+            .field("zones", &self.zones.len())
+            .field("tenants", &self.tenants.len())
+            .field("groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tenant, route or group on a log line: its name, or its place in the
+/// line's [`Names`]. A request's line takes the place, so filling it reads
+/// no name and counts no reference (with 1,000 tenants each would be a
+/// cache miss); the writer looks the name up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogName {
+    /// A name of its own (lines made outside a generation, tests, replays).
+    Text(Name),
+    /// Tenant `n` of the snapshot.
+    Tenant(u32),
+    /// Route `r` of tenant `t`.
+    Route(u32, u32),
+    /// Group `n` of the snapshot.
+    Group(u32),
+}
+
+impl From<&str> for LogName {
+    fn from(s: &str) -> Self {
+        LogName::Text(s.into())
+    }
 }
 
 /// One access-log line; fields that do not apply are `null`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct LogLine {
     /// RFC 3339 time the request started (formatted by the writer thread).
     pub ts: Timestamp,
@@ -85,11 +130,11 @@ pub struct LogLine {
     /// `ip:port` of the client.
     pub client: Option<Name>,
     /// Tenant.
-    pub tenant: Option<Name>,
+    pub tenant: Option<LogName>,
     /// Route.
-    pub route: Option<Name>,
+    pub route: Option<LogName>,
     /// `tenant/group`.
-    pub group: Option<Name>,
+    pub group: Option<LogName>,
     /// Group zone.
     pub group_zone: Option<Name>,
     /// Target `host:port`.
@@ -118,6 +163,47 @@ pub struct LogLine {
     pub tls: Option<TlsInfo>,
     /// Request id.
     pub request_id: Option<Name>,
+    /// The names `tenant`, `route` and `group` point into (not written).
+    pub names: Option<Arc<Names>>,
+}
+
+impl LogLine {
+    /// The name `n` of this line stands for.
+    pub fn name<'a>(&'a self, n: &'a Option<LogName>) -> Option<&'a Name> {
+        match n.as_ref()? {
+            LogName::Text(name) => Some(name),
+            indexed => self.names.as_deref()?.get(indexed),
+        }
+    }
+}
+
+impl Serialize for LogLine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("LogLine", 21)?;
+        o.serialize_field("ts", &self.ts)?;
+        o.serialize_field("listener", &self.listener)?;
+        o.serialize_field("zone", &self.zone)?;
+        o.serialize_field("client", &self.client)?;
+        o.serialize_field("tenant", &self.name(&self.tenant))?;
+        o.serialize_field("route", &self.name(&self.route))?;
+        o.serialize_field("group", &self.name(&self.group))?;
+        o.serialize_field("group_zone", &self.group_zone)?;
+        o.serialize_field("target", &self.target)?;
+        o.serialize_field("decision", self.decision)?;
+        o.serialize_field("status", &self.status)?;
+        o.serialize_field("method", &self.method)?;
+        o.serialize_field("host", &self.host)?;
+        o.serialize_field("path", &self.path)?;
+        o.serialize_field("query", &self.query)?;
+        o.serialize_field("bytes_in", &self.bytes_in)?;
+        o.serialize_field("bytes_out", &self.bytes_out)?;
+        o.serialize_field("duration_ms", &self.duration_ms)?;
+        o.serialize_field("upstream_ms", &self.upstream_ms)?;
+        o.serialize_field("tls", &self.tls)?;
+        o.serialize_field("request_id", &self.request_id)?;
+        o.end()
+    }
 }
 
 /// When a request started. Kept as a `SystemTime` on the hot path and
@@ -337,6 +423,59 @@ mod tests {
             .lines()
             .last()
             .is_some_and(|l| l.contains("\"status\":499")));
+    }
+
+    fn names() -> Arc<Names> {
+        Arc::new(Names {
+            zones: vec!["public".into()],
+            tenants: vec!["acme".into(), "globex".into()],
+            routes: vec![vec!["site".into()], vec!["home".into(), "api".into()]],
+            groups: vec!["acme/web".into(), "globex/api".into()],
+        })
+    }
+
+    #[test]
+    fn indexed_names_are_written_as_the_names_they_point_to() {
+        let indexed = LogLine {
+            tenant: Some(LogName::Tenant(1)),
+            route: Some(LogName::Route(1, 1)),
+            group: Some(LogName::Group(1)),
+            decision: "forward",
+            names: Some(names()),
+            ..LogLine::default()
+        };
+        let text = LogLine {
+            tenant: Some("globex".into()),
+            route: Some("api".into()),
+            group: Some("globex/api".into()),
+            decision: "forward",
+            ..LogLine::default()
+        };
+        let written = serde_json::to_string(&indexed).expect("serializes");
+        assert_eq!(written, serde_json::to_string(&text).expect("serializes"));
+        assert!(written.contains(r#""tenant":"globex","route":"api","group":"globex/api""#));
+        assert!(!written.contains("names"), "{written}");
+    }
+
+    #[test]
+    fn an_index_without_its_table_or_out_of_range_is_written_as_null() {
+        let without_table = LogLine {
+            tenant: Some(LogName::Tenant(0)),
+            ..LogLine::default()
+        };
+        let out_of_range = LogLine {
+            route: Some(LogName::Route(0, 7)),
+            group: Some(LogName::Group(9)),
+            names: Some(names()),
+            ..LogLine::default()
+        };
+        for line in [without_table, out_of_range] {
+            let written = serde_json::to_string(&line).expect("serializes");
+            assert!(
+                written.contains(r#""tenant":null,"route":null,"group":null"#),
+                "{written}"
+            );
+        }
     }
 
     #[test]

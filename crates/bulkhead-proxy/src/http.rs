@@ -2,7 +2,7 @@
 //! core's `decide()`, then either a local answer or the upstream exchange —
 //! and exactly one access-log line either way.
 
-use crate::access_log::{LogLine, Name, Names};
+use crate::access_log::{LogLine, LogName, Name, Names};
 use crate::body::{Counted, LogGuard, Logged, RequestBody, Tally};
 use crate::headers::{self, Hop};
 use crate::raw_head::ResponseHeads;
@@ -407,18 +407,17 @@ impl Plan {
     }
 }
 
-fn fill_line(line: &mut LogLine, names: &Names, snap: &Snapshot, d: &Decision<'_>) {
+fn fill_line(line: &mut LogLine, names: &Arc<Names>, snap: &Snapshot, d: &Decision<'_>) {
     if let Some(t) = d.tenant {
-        line.tenant = names.tenants.get(t as usize).cloned();
-        line.route = d
-            .route
-            .and_then(|r| names.routes.get(t as usize)?.get(r as usize).cloned());
+        line.tenant = Some(LogName::Tenant(t));
+        line.route = d.route.map(|r| LogName::Route(t, r));
     }
     if let Some(g) = d.group {
-        line.group = names.groups.get(g as usize).cloned();
+        line.group = Some(LogName::Group(g));
         let zone = snap.groups[g as usize].zone;
         line.group_zone = names.zones.get(zone as usize).cloned();
     }
+    line.names = Some(names.clone());
     line.decision = d.kind.as_str();
     line.host = d.host.as_deref().map(Name::from);
     line.path = d.path.as_deref().map(Name::from);

@@ -71,7 +71,7 @@ pub struct Generation {
     /// JWT and basic-auth verifiers of its routes (auth.rs).
     pub auth: Arc<auth::Verifiers>,
     /// The snapshot's names, shared, for log lines and metric labels.
-    pub names: access_log::Names,
+    pub names: Arc<access_log::Names>,
 }
 
 impl Generation {
@@ -90,7 +90,7 @@ impl Generation {
         ));
         Generation {
             config_hash: config_hash(&snapshot),
-            names: access_log::Names::of(&snapshot),
+            names: Arc::new(access_log::Names::of(&snapshot)),
             snapshot,
             upstreams,
             tls,

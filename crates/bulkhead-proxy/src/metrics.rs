@@ -7,7 +7,7 @@
 //! and the counters can never disagree. Target health and pool state are
 //! read from the live upstreams at scrape time.
 
-use crate::access_log::{LogLine, Name};
+use crate::access_log::{LogLine, LogName, Name, Names};
 use crate::histogram::Latency;
 use crate::Generation;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A label from a log line's shared name (`""` when absent): building a
 /// label set costs reference counts, not copies.
@@ -76,40 +76,58 @@ type TargetGauge = (
 /// set: a request then costs one map lookup (foldhash, one lock) instead of
 /// a SipHash lookup in each family.
 struct Handles {
-    /// The label set: holding it keeps its names, and so the addresses in
-    /// its [`LabelIdentity`], alive while the entry exists.
-    _labels: RequestLabels,
     requests: Counter,
     denied: Option<Counter>,
     duration: Latency,
     /// The group's time-to-headers histogram, once an upstream answered.
     upstream: Option<Latency>,
+    /// The label set and the table its indexed names point into: holding
+    /// them keeps the addresses in its [`LabelIdentity`] alive while the
+    /// entry exists. Boxed: a lookup reads the key and the handles only.
+    _keep: Box<(RequestLabels, Option<Arc<Names>>)>,
 }
 
 /// Which label set a log line counts into, by the addresses of its shared
-/// names rather than their text: hashing and comparing it reads no name
-/// (with 1,000 tenants, the names are rarely in cache). A name's address
-/// names it while the [`Handles`] entry holds it; a reload's new names are
-/// new addresses, hence new entries into the same series, and
-/// [`Metrics::reload`] drops the old entries.
+/// names and the indexes of its indexed ones rather than their text:
+/// hashing and comparing it reads no name (with 1,000 tenants, the names
+/// are rarely in cache). An address names its text while the [`Handles`]
+/// entry holds it (the name, or the [`Names`] an index points into); a
+/// reload's new names are new addresses, hence new entries into the same
+/// series, and [`Metrics::reload`] drops the old entries.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct LabelIdentity([usize; 9]);
+struct LabelIdentity([u64; 9]);
 
 impl LabelIdentity {
-    fn of(line: &LogLine, status_class: &'static str) -> Self {
-        let name = |n: &Option<Name>| n.as_ref().map_or(0, |n| n.as_ptr() as usize);
+    fn of(line: &LogLine) -> Self {
+        let address = |p: *const u8| p as usize as u64;
+        let name = |n: &Option<Name>| n.as_ref().map_or(0, |n| address(n.as_ptr()));
+        // Which name, and what kind of name (a byte of `kinds`).
+        let indexed = |n: &Option<LogName>| match n {
+            None => (0, 0),
+            Some(LogName::Text(t)) => (address(t.as_ptr()), 1),
+            Some(LogName::Tenant(t)) => (u64::from(*t), 2),
+            Some(LogName::Route(t, r)) => (u64::from(*t) << 32 | u64::from(*r), 3),
+            Some(LogName::Group(g)) => (u64::from(*g), 4),
+        };
+        let (tenant, tenant_kind) = indexed(&line.tenant);
+        let (route, route_kind) = indexed(&line.route);
+        let (group, group_kind) = indexed(&line.group);
+        // The status class follows from the status: its hundreds, plus one.
+        let class = line.status.map_or(0, |s| u64::from(s / 100) + 1);
         LabelIdentity([
             name(&line.listener),
             name(&line.zone),
-            name(&line.tenant),
-            name(&line.route),
-            name(&line.group),
+            line.names
+                .as_ref()
+                .map_or(0, |n| address(Arc::as_ptr(n).cast())),
+            tenant,
+            route,
+            group,
+            tenant_kind | route_kind << 8 | group_kind << 16 | class << 24,
             // Static text: address and length, since one literal may be
             // stored inside another.
-            line.decision.as_ptr() as usize,
-            line.decision.len(),
-            status_class.as_ptr() as usize,
-            status_class.len(),
+            address(line.decision.as_ptr()),
+            line.decision.len() as u64,
         ])
     }
 }
@@ -205,29 +223,32 @@ impl Metrics {
     /// Count one finished request or connection.
     pub fn observe(&self, line: &LogLine) {
         let class = status_class(line.status);
-        let id = LabelIdentity::of(line, class);
+        let id = LabelIdentity::of(line);
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         if handles.len() >= MAX_CACHED && !handles.contains_key(&id) {
             // Only the cache: the counts live in the families.
             handles.clear();
         }
         let h = handles.entry(id).or_insert_with(|| {
-            self.handles_for(RequestLabels {
-                listener: line.listener.clone(),
-                zone: line.zone.clone(),
-                tenant: line.tenant.clone(),
-                route: line.route.clone(),
-                group: line.group.clone(),
-                decision: line.decision,
-                status_class: class,
-            })
+            self.handles_for(
+                RequestLabels {
+                    listener: line.listener.clone(),
+                    zone: line.zone.clone(),
+                    tenant: line.name(&line.tenant).cloned(),
+                    route: line.name(&line.route).cloned(),
+                    group: line.name(&line.group).cloned(),
+                    decision: line.decision,
+                    status_class: class,
+                },
+                line.names.clone(),
+            )
         });
         h.requests.inc();
         if let Some(denied) = &h.denied {
             denied.inc();
         }
         h.duration.observe(line.duration_ms / 1000.0);
-        if let (Some(ms), Some(group)) = (line.upstream_ms, &line.group) {
+        if let (Some(ms), Some(group)) = (line.upstream_ms, line.name(&line.group)) {
             let upstream = h.upstream.get_or_insert_with(|| {
                 self.upstream
                     .get_or_create(&GroupLabels {
@@ -240,7 +261,7 @@ impl Metrics {
     }
 
     /// The series one label set counts into, from the families.
-    fn handles_for(&self, key: RequestLabels) -> Handles {
+    fn handles_for(&self, key: RequestLabels, names: Option<Arc<Names>>) -> Handles {
         let denied = !matches!(key.decision, "forward" | "redirect" | "respond");
         Handles {
             requests: self.requests.get_or_create(&key).clone(),
@@ -263,7 +284,7 @@ impl Metrics {
                 .clone(),
             // Made on the first upstream response.
             upstream: None,
-            _labels: key,
+            _keep: Box::new((key, names)),
         }
     }
 
@@ -356,6 +377,69 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(tenant: &str) -> Arc<Names> {
+        Arc::new(Names {
+            zones: vec!["public".into()],
+            tenants: vec![tenant.into()],
+            routes: vec![vec!["site".into()]],
+            groups: vec![format!("{tenant}/web").into()],
+        })
+    }
+
+    fn forwarded(names: &Arc<Names>, listener: &Name) -> LogLine {
+        LogLine {
+            listener: Some(listener.clone()),
+            tenant: Some(LogName::Tenant(0)),
+            route: Some(LogName::Route(0, 0)),
+            group: Some(LogName::Group(0)),
+            decision: "forward",
+            status: Some(200),
+            upstream_ms: Some(1.0),
+            names: Some(names.clone()),
+            ..LogLine::default()
+        }
+    }
+
+    #[test]
+    fn the_same_indexes_in_two_generations_count_into_each_generations_names() {
+        let metrics = Metrics::default();
+        let listener = Name::from("web");
+        let (before, after) = (table("acme"), table("globex"));
+        for _ in 0..3 {
+            metrics.observe(&forwarded(&before, &listener));
+        }
+        metrics.reload(true);
+        metrics.observe(&forwarded(&after, &listener));
+        // A request of the old generation that ends after the reload.
+        metrics.observe(&forwarded(&before, &listener));
+        let count = |tenant: &str| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    listener: Some(listener.clone()),
+                    zone: None,
+                    tenant: Some(tenant.into()),
+                    route: Some("site".into()),
+                    group: Some(format!("{tenant}/web").into()),
+                    decision: "forward",
+                    status_class: "2xx",
+                })
+                .get()
+        };
+        assert_eq!((count("acme"), count("globex")), (4, 1));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut text, &metrics.registry)
+            .expect("encodes");
+        assert!(
+            text.contains(r#"bulkhead_upstream_duration_seconds_count{group="globex/web"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bulkhead_upstream_duration_seconds_count{group="acme/web"} 4"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn names_copied_per_line_neither_grow_the_cache_without_bound_nor_lose_counts() {

@@ -3,7 +3,7 @@
 //! SNI, flow, access list), then splice bytes both ways. One access-log
 //! line per connection, written when it closes.
 
-use crate::access_log::{LogLine, TlsInfo};
+use crate::access_log::{LogLine, LogName, TlsInfo};
 use crate::client_hello::{self, Hello};
 use crate::upstream::{elapsed_ms, HashKey};
 use crate::Shared;
@@ -56,11 +56,11 @@ pub async fn serve(
         &Credentials::default(),
     );
     if let Some(g) = d.group {
-        let names = &generation.names;
-        line.group = names.groups.get(g as usize).cloned();
-        let g = &snap.groups[g as usize];
-        line.group_zone = names.zones.get(g.zone as usize).cloned();
-        line.tenant = names.tenants.get(g.tenant as usize).cloned();
+        let group = &snap.groups[g as usize];
+        line.group = Some(LogName::Group(g));
+        line.tenant = Some(LogName::Tenant(group.tenant));
+        line.group_zone = generation.names.zones.get(group.zone as usize).cloned();
+        line.names = Some(generation.names.clone());
     }
     line.host = d.host.as_deref().map(Into::into);
     let Some(gid) = d.group.filter(|_| d.is_forward()) else {

@@ -132,6 +132,7 @@ fn http_line(snap: &Snapshot, host: &str, path: &str, pick: u64) -> String {
         upstream_ms: None,
         tls: None,
         request_id: Some("r".into()),
+        names: None,
     };
     serde_json::to_string(&line).expect("serializes")
 }
