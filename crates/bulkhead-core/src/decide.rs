@@ -296,7 +296,8 @@ impl Snapshot {
         t.router.candidates(match_path, &mut candidates);
         let matched = candidates.iter().copied().find(|&ri| {
             let r = &t.routes[ri as usize];
-            r.listeners.contains(lid as usize) && r.matcher.matches_rest(match_path, &facts)
+            r.listeners.contains(lid as usize)
+                && (r.plain || r.matcher.matches_rest(match_path, &facts))
         });
         let mut d = fail(DecisionKind::NoRoute, "no route matches".into(), Some(tid));
         d.path = Some(path.clone());

@@ -8,12 +8,13 @@ use crate::graph::{self, Edge};
 use crate::host::{normalize_host, pattern_matches, HostIndex};
 use crate::invariant;
 use crate::listener_set::ListenerSet;
-use crate::router::{compile_path, compile_value, Matcher, Router};
+use crate::router::{compile_path, compile_value, Matcher, PathMatcher, Router};
 use bulkhead_config::{
     Action, Auth, Cache, Collector, Config, ConfigErrors, Faults, HeaderEdits, Normalize, Policy,
     Pos, Protocol, RateLimit, Retries, Spanned, Timeouts,
 };
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -62,8 +63,9 @@ pub struct TenantInfo {
 pub enum RouteAction {
     /// Weighted legs (group, weight) and the weight total.
     Forward {
-        /// (group, weight), file order.
-        legs: Vec<(GroupId, u32)>,
+        /// (group, weight), file order. Up to two are kept in the route's
+        /// record, read with it, rather than on the heap.
+        legs: SmallVec<[(GroupId, u32); 2]>,
         /// Sum of weights.
         total: u64,
     },
@@ -91,42 +93,56 @@ pub enum RouteAction {
 }
 
 /// A route, compiled.
+///
+/// Laid out in the order a request reads it (`repr(C)`): the listener
+/// mask, the action, the policy and whether the path lookup settles the
+/// match come first, the criteria next, the name last. With thousands of
+/// tenants the record is rarely in cache, and a plain route's request then
+/// reads its first two lines only, not the criteria between them.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct RouteInfo {
-    /// Its name.
-    pub name: String,
-    /// Where its name was written.
-    pub pos: Pos,
-    /// Its criteria.
-    pub matcher: Matcher,
-    /// Its action.
-    pub action: RouteAction,
     /// The listeners it is attached to (route `listeners`, else the tenant's).
     pub listeners: ListenerSet,
+    /// Its action.
+    pub action: RouteAction,
     /// Its policy: inline keys, then its profile, then the tenant's profile.
     /// Every route without one shares a single empty policy, so a request
     /// reads the same few cache lines whichever tenant it is for.
     pub policy: Arc<Policy>,
+    /// True when the router's path lookup is the whole match: no criterion
+    /// besides a path that is not a regex ([`Matcher::matches_rest`] would
+    /// pass). Set from `matcher` when the route is compiled.
+    pub plain: bool,
+    /// Its criteria.
+    pub matcher: Matcher,
+    /// Its name.
+    pub name: String,
+    /// Where its name was written.
+    pub pos: Pos,
 }
 
-/// A target group, compiled.
+/// A target group, compiled. What a request reads comes first
+/// (`repr(C)`, as [`RouteInfo`]): tenant, zone, access list and policy
+/// share one cache line, the names follow.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct GroupInfo {
     /// Owning tenant.
     pub tenant: TenantId,
-    /// Its name within the tenant.
-    pub name: String,
-    /// `tenant/group`.
-    pub full_name: String,
     /// Its zone.
     pub zone: ZoneId,
     /// Services allowed by `access` (None = no access list).
     pub access: Option<Vec<u32>>,
-    /// Index into `config.tenants[t].target_groups`.
-    pub config_index: (usize, usize),
     /// Its own policy keys (`timeouts`, `retries`, …); shared like a
     /// route's when empty.
     pub policy: Arc<Policy>,
+    /// Its name within the tenant.
+    pub name: String,
+    /// `tenant/group`.
+    pub full_name: String,
+    /// Index into `config.tenants[t].target_groups`.
+    pub config_index: (usize, usize),
 }
 
 /// A caller identity, compiled.
@@ -491,7 +507,7 @@ fn compile_route(
     };
     let action = match &r.action {
         Action::Forward(legs) => {
-            let legs: Vec<(GroupId, u32)> = legs
+            let legs: SmallVec<[(GroupId, u32); 2]> = legs
                 .iter()
                 .filter_map(|leg| {
                     let idx = config.resolve_group(Some(tenant), &leg.group.value).ok()?;
@@ -535,12 +551,13 @@ fn compile_route(
         None => served_on.clone(),
     };
     Some(RouteInfo {
+        listeners,
+        action,
+        policy: Arc::default(),
+        plain: matcher.path_only() && !matches!(matcher.path, PathMatcher::Regex(_)),
+        matcher,
         name: r.name.value.clone(),
         pos: r.name.pos,
-        matcher,
-        action,
-        listeners,
-        policy: Arc::default(),
     })
 }
 
