@@ -248,15 +248,21 @@ impl Metrics {
             denied.inc();
         }
         h.duration.observe(line.duration_ms / 1000.0);
-        if let (Some(ms), Some(group)) = (line.upstream_ms, line.name(&line.group)) {
-            let upstream = h.upstream.get_or_insert_with(|| {
-                self.upstream
-                    .get_or_create(&GroupLabels {
-                        group: group.clone(),
-                    })
-                    .clone()
-            });
-            upstream.observe(ms / 1000.0);
+        if let (Some(ms), Some(_)) = (line.upstream_ms, &line.group) {
+            if h.upstream.is_none() {
+                // The group's name is looked up once per label set, not
+                // per request.
+                h.upstream = line.name(&line.group).map(|group| {
+                    self.upstream
+                        .get_or_create(&GroupLabels {
+                            group: group.clone(),
+                        })
+                        .clone()
+                });
+            }
+            if let Some(upstream) = &h.upstream {
+                upstream.observe(ms / 1000.0);
+            }
         }
     }
 
