@@ -72,16 +72,6 @@ impl Names {
                 .collect(),
         }
     }
-
-    /// The name `n` stands for (`None` for an index out of range).
-    pub fn get<'a>(&'a self, n: &'a LogName) -> Option<&'a Name> {
-        match *n {
-            LogName::Text(ref name) => Some(name),
-            LogName::Tenant(t) => self.tenants.get(t as usize),
-            LogName::Route(t, r) => self.routes.get(t as usize)?.get(r as usize),
-            LogName::Group(g) => self.groups.get(g as usize),
-        }
-    }
 }
 
 impl std::fmt::Debug for Names {
@@ -168,11 +158,15 @@ pub struct LogLine {
 }
 
 impl LogLine {
-    /// The name `n` of this line stands for.
+    /// The name `n` of this line stands for (`None` for an index without
+    /// its table or out of range).
     pub fn name<'a>(&'a self, n: &'a Option<LogName>) -> Option<&'a Name> {
-        match n.as_ref()? {
-            LogName::Text(name) => Some(name),
-            indexed => self.names.as_deref()?.get(indexed),
+        let names = || self.names.as_deref();
+        match *n.as_ref()? {
+            LogName::Text(ref name) => Some(name),
+            LogName::Tenant(t) => names()?.tenants.get(t as usize),
+            LogName::Route(t, r) => names()?.routes.get(t as usize)?.get(r as usize),
+            LogName::Group(g) => names()?.groups.get(g as usize),
         }
     }
 }

@@ -101,7 +101,8 @@ impl LabelIdentity {
     fn of(line: &LogLine) -> Self {
         let address = |p: *const u8| p as usize as u64;
         let name = |n: &Option<Name>| n.as_ref().map_or(0, |n| address(n.as_ptr()));
-        // Which name, and what kind of name (a byte of `kinds`).
+        // Which name, and what kind of name (one byte each of the packed
+        // word after the three).
         let indexed = |n: &Option<LogName>| match n {
             None => (0, 0),
             Some(LogName::Text(t)) => (address(t.as_ptr()), 1),
@@ -222,7 +223,6 @@ fn status_class(status: Option<u16>) -> &'static str {
 impl Metrics {
     /// Count one finished request or connection.
     pub fn observe(&self, line: &LogLine) {
-        let class = status_class(line.status);
         let id = LabelIdentity::of(line);
         let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         if handles.len() >= MAX_CACHED && !handles.contains_key(&id) {
@@ -238,7 +238,7 @@ impl Metrics {
                     route: line.name(&line.route).cloned(),
                     group: line.name(&line.group).cloned(),
                     decision: line.decision,
-                    status_class: class,
+                    status_class: status_class(line.status),
                 },
                 line.names.clone(),
             )
